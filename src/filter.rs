@@ -1,0 +1,390 @@
+//! The proxy-wasm glue: Envoy's callbacks turned into calls on the pure
+//! modules. Every host call goes through `host`; every failure becomes a log
+//! line or a skipped stat, never a panic.
+//!
+//! Per request: `on_http_request_headers` chooses the vendor and writes its
+//! cluster into the routing header; `on_http_response_headers` notes the
+//! status and names the vendor; `on_log`, which Envoy calls once when the
+//! stream ends however it ends, classifies the outcome and records it in the
+//! vendor's shared window.
+
+use crate::choice::{self, Choice};
+use crate::classify::{self, Outcome};
+use crate::config::Config;
+use crate::health::{PhaseKind, Rules, Ticket, Transition};
+use crate::host::{self, SharedData, COUNTER, GAUGE, REQUEST_HEADERS, RESPONSE_HEADERS};
+use crate::reply;
+use crate::store::{self, Loaded, StoreError};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::cell::Cell;
+use std::rc::Rc;
+
+static LOGGER: host::HostLogger = host::HostLogger;
+
+pub fn register() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    std::panic::set_hook(Box::new(|info| {
+        host::log(log::Level::Error, &format!("panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { plugin: None }) });
+}
+
+/// Stats of one vendor. Envoy prefixes the names with `wasmcustom.` inside
+/// and strips that prefix again in `/stats` output.
+struct VendorStats {
+    requests: u32,
+    failures: u32,
+    ejections: u32,
+    forced: u32,
+    state: u32,
+    window_requests: u32,
+    window_failures: u32,
+}
+
+struct GlobalStats {
+    all_down: u32,
+    rejected: u32,
+    state_resets: u32,
+    store_errors: u32,
+}
+
+/// Everything a configured filter instance needs, shared by its streams.
+struct Plugin {
+    config: Config,
+    rules: Rules,
+    keys: Vec<String>,
+    vendor_stats: Vec<VendorStats>,
+    stats: GlobalStats,
+    /// This worker's round-robin position for weighted choice.
+    turn: Cell<u64>,
+}
+
+fn metric(kind: u32, name: &str) -> Result<u32, String> {
+    host::define_metric(kind, name)
+        .map_err(|e| format!("cannot define metric {name}: host status {}", e.0))
+}
+
+impl Plugin {
+    fn new(config: Config) -> Result<Plugin, String> {
+        let rules = Rules::from_config(&config);
+        let keys = config
+            .vendors
+            .iter()
+            .map(|v| store::vendor_key(&v.name))
+            .collect();
+        let mut vendor_stats = Vec::with_capacity(config.vendors.len());
+        for v in &config.vendors {
+            let p = format!("llm_failover.vendor.{}.", v.name);
+            vendor_stats.push(VendorStats {
+                requests: metric(COUNTER, &format!("{p}requests"))?,
+                failures: metric(COUNTER, &format!("{p}failures"))?,
+                ejections: metric(COUNTER, &format!("{p}ejections"))?,
+                forced: metric(COUNTER, &format!("{p}forced"))?,
+                state: metric(GAUGE, &format!("{p}state"))?,
+                window_requests: metric(GAUGE, &format!("{p}window_requests"))?,
+                window_failures: metric(GAUGE, &format!("{p}window_failures"))?,
+            });
+        }
+        let stats = GlobalStats {
+            all_down: metric(COUNTER, "llm_failover.all_down")?,
+            rejected: metric(COUNTER, "llm_failover.rejected")?,
+            state_resets: metric(COUNTER, "llm_failover.state_resets")?,
+            store_errors: metric(COUNTER, "llm_failover.store_errors")?,
+        };
+        Ok(Plugin {
+            config,
+            rules,
+            keys,
+            vendor_stats,
+            stats,
+            turn: Cell::new(0),
+        })
+    }
+
+    fn vendor_name(&self, vendor: usize) -> &str {
+        self.config
+            .vendors
+            .get(vendor)
+            .map_or("?", |v| v.name.as_str())
+    }
+
+    /// Logs a phase change (exactly one worker sees each one) and updates stats.
+    fn announce(&self, vendor: usize, t: &Transition) {
+        log::info!("vendor {}: {}", self.vendor_name(vendor), t);
+        if let Some(s) = self.vendor_stats.get(vendor) {
+            if t.to == PhaseKind::Open {
+                host::increment_metric(s.ejections, 1);
+            }
+            host::record_metric(s.state, t.to.gauge());
+        }
+    }
+
+    fn note_reset(&self, vendor: usize, why: &dyn std::fmt::Display) {
+        log::warn!(
+            "vendor {}: shared state was unusable ({why}); starting it afresh",
+            self.vendor_name(vendor)
+        );
+        host::increment_metric(self.stats.state_resets, 1);
+    }
+
+    fn note_store_error(&self, vendor: usize, e: &StoreError) {
+        log::debug!("vendor {}: {e}", self.vendor_name(vendor));
+        host::increment_metric(self.stats.store_errors, 1);
+    }
+
+    /// Copies every vendor's shared state into the gauges.
+    fn refresh_gauges(&self, now_ms: u64) {
+        for (vendor, key) in self.keys.iter().enumerate() {
+            let Some(s) = self.vendor_stats.get(vendor) else {
+                continue;
+            };
+            match store::load(&SharedData, key, self.rules.window) {
+                Ok(Loaded {
+                    state, reset: None, ..
+                }) => {
+                    let totals = state.window.totals(now_ms);
+                    host::record_metric(s.state, state.effective_kind(now_ms).gauge());
+                    host::record_metric(s.window_requests, totals.requests());
+                    host::record_metric(s.window_failures, totals.failures);
+                }
+                Ok(_) => {} // repaired by the next recorded outcome
+                Err(e) => self.note_store_error(vendor, &e),
+            }
+        }
+    }
+}
+
+struct Root {
+    plugin: Option<Rc<Plugin>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, config_size: usize) -> bool {
+        log::set_max_level(host::log_level());
+        let bytes = match host::plugin_configuration(config_size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(e) => {
+                log::error!("cannot read the plugin configuration (host status {})", e.0);
+                return false;
+            }
+        };
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("configuration refused: {e}");
+                return false;
+            }
+        };
+        let plugin = match Plugin::new(config) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("configuration refused: {e}");
+                return false;
+            }
+        };
+        for (vendor, key) in plugin.keys.iter().enumerate() {
+            if let Err(e) = store::create_if_missing(&SharedData, key, plugin.rules.window) {
+                plugin.note_store_error(vendor, &e);
+            }
+        }
+        if let Err(e) = host::set_tick_period_ms(plugin.config.refresh_ms) {
+            log::warn!(
+                "cannot set the tick period (host status {}); gauges will lag",
+                e.0
+            );
+        }
+        plugin.refresh_gauges(host::now_ms());
+        let vendors: Vec<String> = plugin
+            .config
+            .by_preference
+            .iter()
+            .filter_map(|&i| plugin.config.vendors.get(i))
+            .map(|v| {
+                format!(
+                    "{} (cluster {}, priority {}, weight {})",
+                    v.name, v.cluster, v.priority, v.weight
+                )
+            })
+            .collect();
+        log::info!(
+            "configured; routing header {}; vendors by preference: {}",
+            plugin.config.cluster_header,
+            vendors.join(", ")
+        );
+        self.plugin = Some(Rc::new(plugin));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(p) = &self.plugin {
+            p.refresh_gauges(host::now_ms());
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            plugin: self.plugin.clone(),
+            routed: None,
+            status: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Where a request was sent, carried until its outcome is known.
+#[derive(Clone, Copy)]
+struct Routed {
+    vendor: usize,
+    ticket: Option<Ticket>,
+    forced: bool,
+}
+
+struct Stream {
+    plugin: Option<Rc<Plugin>>,
+    routed: Option<Routed>,
+    status: Option<u16>,
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(p) = self.plugin.clone() else {
+            return Action::Continue;
+        };
+        let now_ms = host::now_ms();
+        let mut turn = p.turn.get();
+        let choice = choice::choose(&p.config, &p.rules, &p.keys, &SharedData, now_ms, &mut turn);
+        p.turn.set(turn);
+        match choice {
+            Choice::Route {
+                vendor,
+                ticket,
+                forced,
+                transition,
+            } => {
+                if let Some(t) = &transition {
+                    p.announce(vendor, t);
+                }
+                if forced {
+                    host::increment_metric(p.stats.all_down, 1);
+                }
+                let cluster = p
+                    .config
+                    .vendors
+                    .get(vendor)
+                    .map_or("", |v| v.cluster.as_str());
+                // Always overwrite: a client must not pick the cluster itself.
+                if let Err(e) = host::set_header(
+                    REQUEST_HEADERS,
+                    &p.config.cluster_header,
+                    cluster.as_bytes(),
+                ) {
+                    log::warn!(
+                        "cannot set {} (host status {})",
+                        p.config.cluster_header,
+                        e.0
+                    );
+                }
+                self.routed = Some(Routed {
+                    vendor,
+                    ticket,
+                    forced,
+                });
+                Action::Continue
+            }
+            Choice::Reject { due } => {
+                host::increment_metric(p.stats.all_down, 1);
+                host::increment_metric(p.stats.rejected, 1);
+                let r = reply::all_vendors_down(&p.config, &due, now_ms);
+                let retry_after = r.retry_after_s.to_string();
+                let headers: [(&str, &[u8]); 2] = [
+                    ("content-type", b"application/json"),
+                    ("retry-after", retry_after.as_bytes()),
+                ];
+                match host::send_response(r.status, &headers, r.body.as_bytes()) {
+                    Ok(()) => Action::Pause,
+                    Err(e) => {
+                        log::warn!("cannot send the all-down reply (host status {})", e.0);
+                        Action::Continue
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let (Some(p), Some(routed)) = (&self.plugin, self.routed) else {
+            return Action::Continue;
+        };
+        self.status = host::header(RESPONSE_HEADERS, ":status")
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()));
+        if let (Some(header), Some(v)) =
+            (&p.config.vendor_header, p.config.vendors.get(routed.vendor))
+        {
+            let _ = host::set_header(RESPONSE_HEADERS, header, v.name.as_bytes());
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let (Some(p), Some(routed)) = (&self.plugin, self.routed) else {
+            return;
+        };
+        let flags = host::property_u64(b"response\0flags")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let status = self.status.or_else(|| {
+            host::property_u64(b"response\0code")
+                .ok()
+                .flatten()
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|&c| c != 0)
+        });
+        let outcome = classify::classify(status, flags, &p.config.failure_statuses);
+        let Some(s) = p.vendor_stats.get(routed.vendor) else {
+            return;
+        };
+        host::increment_metric(s.requests, 1);
+        if let Outcome::Failure(reason) = outcome {
+            host::increment_metric(s.failures, 1);
+            log::debug!(
+                "vendor {}: failure ({reason}, flags {flags:#x})",
+                p.vendor_name(routed.vendor)
+            );
+        }
+        if routed.forced {
+            host::increment_metric(s.forced, 1);
+        }
+        let Some(ticket) = routed.ticket else { return };
+        let Some(key) = p.keys.get(routed.vendor) else {
+            return;
+        };
+        let now_ms = host::now_ms();
+        let verdict = outcome.verdict();
+        match store::update(&SharedData, key, p.rules.window, |st| {
+            st.record(now_ms, verdict, ticket, &p.rules)
+        }) {
+            Ok(done) => {
+                if let Some(why) = done.reset {
+                    p.note_reset(routed.vendor, &why);
+                }
+                if let Some(t) = done.result {
+                    p.announce(routed.vendor, &t);
+                }
+            }
+            Err(e) => p.note_store_error(routed.vendor, &e),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! llm-failover: an Envoy proxy-wasm filter that keeps LLM traffic on a
+//! healthy vendor. Every module except `filter` and `host` is pure logic that
+//! never touches the proxy: time and the shared store are passed in, so the
+//! whole decision path is unit-tested on the host.
+
+pub mod choice;
+pub mod classify;
+pub mod codec;
+pub mod config;
+pub mod health;
+pub mod reply;
+pub mod store;
+pub mod window;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+#[cfg(target_arch = "wasm32")]
+mod host;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    filter::register();
+}}
