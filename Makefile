@@ -12,7 +12,7 @@ EMPTY_WASM := target/$(TARGET)/release/empty_filter.wasm
 STAMP_RUST := target/.wasm-target-installed
 STAMP_VENV := $(VENV)/.installed
 
-.PHONY: all setup build run test unit lint e2e bench clean
+.PHONY: all setup build run watch break heal test unit lint e2e bench clean
 
 all: build
 
@@ -32,6 +32,18 @@ build: $(STAMP_RUST)
 
 run: setup build
 	$(VPY) scripts/demo.py
+
+# Demo helpers, for a second terminal while `make run` is up.
+VENDOR ?= anthropic
+FAULT  ?= 529
+watch: $(STAMP_VENV)
+	$(VPY) scripts/watch.py
+
+break: $(STAMP_VENV)
+	$(VPY) tests/mock/vendors.py ctl --control 18000 break $(VENDOR) $(FAULT)
+
+heal: $(STAMP_VENV)
+	$(VPY) tests/mock/vendors.py ctl --control 18000 heal $(VENDOR)
 
 unit:
 	cargo test --workspace --exclude empty-filter

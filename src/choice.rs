@@ -42,6 +42,8 @@ enum Candidate {
 
 /// Picks a vendor for a request at `now_ms`. `turn` is the worker's
 /// round-robin counter for weighted choice; `keys[i]` is vendor i's store key.
+/// `missing[i]` marks a vendor whose Envoy cluster does not exist: it is
+/// skipped unless every vendor is missing (then the mask says nothing).
 pub fn choose<S: Store + ?Sized>(
     config: &Config,
     rules: &Rules,
@@ -49,7 +51,10 @@ pub fn choose<S: Store + ?Sized>(
     store: &S,
     now_ms: u64,
     turn: &mut u64,
+    missing: &[bool],
 ) -> Choice {
+    let all_missing = (0..config.vendors.len()).all(|i| missing.get(i).copied().unwrap_or(false));
+    let skip = |i: usize| !all_missing && missing.get(i).copied().unwrap_or(false);
     let mut due: Vec<Due> = Vec::new();
     let order = &config.by_preference;
     let mut start = 0;
@@ -64,7 +69,7 @@ pub fn choose<S: Store + ?Sized>(
         start = end;
 
         let mut candidates: Vec<(usize, u32, Candidate)> = Vec::with_capacity(level.len());
-        for &vendor in level {
+        for &vendor in level.iter().filter(|&&i| !skip(i)) {
             let weight = config.vendors.get(vendor).map_or(1, |v| v.weight);
             let Some(key) = keys.get(vendor) else {
                 continue;
@@ -129,10 +134,10 @@ pub fn choose<S: Store + ?Sized>(
         AllDown::Soonest => {
             // `due` is in preference order, and min_by_key keeps the first of
             // equals, so ties go to the preferred vendor.
-            let vendor = due
-                .iter()
-                .min_by_key(|d| d.due_ms)
-                .map_or_else(|| order.first().copied().unwrap_or(0), |d| d.vendor);
+            let vendor = due.iter().min_by_key(|d| d.due_ms).map_or_else(
+                || order.iter().copied().find(|&i| !skip(i)).unwrap_or(0),
+                |d| d.vendor,
+            );
             Choice::Route {
                 vendor,
                 ticket: None,
@@ -199,6 +204,10 @@ mod tests {
         }
 
         fn choose(&self, now: u64, turn: &mut u64) -> Choice {
+            self.choose_without(now, turn, &[])
+        }
+
+        fn choose_without(&self, now: u64, turn: &mut u64, missing: &[bool]) -> Choice {
             choose(
                 &self.config,
                 &self.rules,
@@ -206,6 +215,7 @@ mod tests {
                 &self.store,
                 now,
                 turn,
+                missing,
             )
         }
 
@@ -427,6 +437,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_vendor_without_an_envoy_cluster_is_skipped() {
+        let w = World::new(THREE);
+        let mut turn = 0;
+        assert_eq!(
+            w.name(&w.choose_without(0, &mut turn, &[true, false, false])),
+            "openai"
+        );
+        // Ejections of the others do not bring it back...
+        w.eject(1, 10_000);
+        w.eject(2, 20_000);
+        assert_eq!(
+            w.name(&w.choose_without(0, &mut turn, &[true, false, false])),
+            "openai"
+        );
+        // ...but when nothing is known to exist, the mask is ignored.
+        assert_eq!(
+            w.name(&w.choose_without(0, &mut turn, &[true, true, true])),
+            "anthropic"
+        );
     }
 
     #[test]

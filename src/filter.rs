@@ -17,8 +17,12 @@ use crate::reply;
 use crate::store::{self, Loaded, StoreError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
+
+/// How often a worker looks again for vendor clusters Envoy did not have.
+const CLUSTER_RECHECK_MS: u64 = 5_000;
 
 static LOGGER: host::HostLogger = host::HostLogger;
 
@@ -60,6 +64,10 @@ struct Plugin {
     stats: GlobalStats,
     /// This worker's round-robin position for weighted choice.
     turn: Cell<u64>,
+    /// Vendors whose cluster this worker's Envoy does not have (see
+    /// `check_clusters`); skipped by the choice while others exist.
+    missing: RefCell<Vec<bool>>,
+    next_cluster_check_ms: Cell<u64>,
 }
 
 fn metric(kind: u32, name: &str) -> Result<u32, String> {
@@ -98,9 +106,11 @@ impl Plugin {
             config,
             rules,
             keys,
-            vendor_stats,
+            missing: RefCell::new(vec![false; vendor_stats.len()]),
             stats,
+            vendor_stats,
             turn: Cell::new(0),
+            next_cluster_check_ms: Cell::new(0),
         })
     }
 
@@ -133,6 +143,70 @@ impl Plugin {
     fn note_store_error(&self, vendor: usize, e: &StoreError) {
         log::debug!("vendor {}: {e}", self.vendor_name(vendor));
         host::increment_metric(self.stats.store_errors, 1);
+    }
+
+    /// Finds out which vendor clusters exist, without sending a request.
+    ///
+    /// The ABI has no call that asks whether a cluster exists, but an HTTP
+    /// callout to an unknown cluster fails at once with `BadArgument`. The
+    /// probe is a CONNECT without `:protocol`, which Envoy's codec refuses to
+    /// encode: at most a TCP connection is opened, no HTTP request reaches the
+    /// vendor. Only clusters not yet seen are probed again, on the tick.
+    fn check_clusters(&self, now_ms: u64, only_missing: bool) {
+        self.next_cluster_check_ms
+            .set(now_ms.saturating_add(CLUSTER_RECHECK_MS));
+        let mut missing = self.missing.borrow_mut();
+        for (i, vendor) in self.config.vendors.iter().enumerate() {
+            let Some(flag) = missing.get_mut(i) else {
+                continue;
+            };
+            if only_missing && !*flag {
+                continue;
+            }
+            let probe = vec![
+                (":method", "CONNECT"),
+                (":path", "/"),
+                (":authority", "llm-failover-cluster-check"),
+            ];
+            let exists = match proxy_wasm::hostcalls::dispatch_http_call(
+                &vendor.cluster,
+                probe,
+                None,
+                vec![],
+                Duration::from_secs(1),
+            ) {
+                Ok(_) => true,
+                Err(proxy_wasm::types::Status::BadArgument) => false,
+                Err(_) => continue,
+            };
+            if exists && *flag {
+                log::info!(
+                    "vendor {}: Envoy cluster {} now exists; vendor in use",
+                    vendor.name,
+                    vendor.cluster
+                );
+            } else if !exists && !*flag {
+                log::warn!(
+                    "vendor {}: Envoy has no cluster named {:?}; the vendor is skipped until it appears",
+                    vendor.name,
+                    vendor.cluster
+                );
+            }
+            *flag = !exists;
+        }
+    }
+
+    fn mark_missing(&self, vendor: usize) {
+        if let Some(flag) = self.missing.borrow_mut().get_mut(vendor) {
+            if !*flag {
+                log::warn!(
+                    "vendor {}: Envoy has no cluster named {:?}; the vendor is skipped until it appears",
+                    self.vendor_name(vendor),
+                    self.config.vendors.get(vendor).map_or("", |v| v.cluster.as_str())
+                );
+            }
+            *flag = true;
+        }
     }
 
     /// Copies every vendor's shared state into the gauges.
@@ -198,7 +272,9 @@ impl RootContext for Root {
                 e.0
             );
         }
-        plugin.refresh_gauges(host::now_ms());
+        let now_ms = host::now_ms();
+        plugin.check_clusters(now_ms, false);
+        plugin.refresh_gauges(now_ms);
         let vendors: Vec<String> = plugin
             .config
             .by_preference
@@ -222,7 +298,11 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(p) = &self.plugin {
-            p.refresh_gauges(host::now_ms());
+            let now_ms = host::now_ms();
+            p.refresh_gauges(now_ms);
+            if now_ms >= p.next_cluster_check_ms.get() && p.missing.borrow().iter().any(|&m| m) {
+                p.check_clusters(now_ms, true);
+            }
         }
     }
 
@@ -262,7 +342,15 @@ impl HttpContext for Stream {
         };
         let now_ms = host::now_ms();
         let mut turn = p.turn.get();
-        let choice = choice::choose(&p.config, &p.rules, &p.keys, &SharedData, now_ms, &mut turn);
+        let choice = choice::choose(
+            &p.config,
+            &p.rules,
+            &p.keys,
+            &SharedData,
+            now_ms,
+            &mut turn,
+            &p.missing.borrow(),
+        );
         p.turn.set(turn);
         match choice {
             Choice::Route {
@@ -358,6 +446,9 @@ impl HttpContext for Stream {
         };
         host::increment_metric(s.requests, 1);
         if let Outcome::Failure(reason) = outcome {
+            if reason == classify::Reason::NoCluster {
+                p.mark_missing(routed.vendor);
+            }
             host::increment_metric(s.failures, 1);
             log::debug!(
                 "vendor {}: failure ({reason}, flags {flags:#x})",

