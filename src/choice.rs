@@ -190,7 +190,11 @@ mod tests {
         fn new(json: &str) -> World {
             let config = Config::parse(json.as_bytes()).unwrap();
             let rules = Rules::from_config(&config);
-            let keys: Vec<String> = config.vendors.iter().map(|v| vendor_key(&v.name)).collect();
+            let keys: Vec<String> = config
+                .vendors
+                .iter()
+                .map(|v| vendor_key(&v.name, config.window))
+                .collect();
             let store = MemoryStore::new();
             for k in &keys {
                 create_if_missing(&store, k, rules.window).unwrap();

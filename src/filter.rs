@@ -81,7 +81,7 @@ impl Plugin {
         let keys = config
             .vendors
             .iter()
-            .map(|v| store::vendor_key(&v.name))
+            .map(|v| store::vendor_key(&v.name, config.window))
             .collect();
         let mut vendor_stats = Vec::with_capacity(config.vendors.len());
         for v in &config.vendors {

@@ -46,10 +46,18 @@ pub trait Store {
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
 }
 
-/// The shared-data key of a vendor's state. The format version is part of
-/// the key so that a new layout never reads an old one.
-pub fn vendor_key(vendor: &str) -> String {
-    format!("llm_failover.v{}.{vendor}", codec::FORMAT_VERSION)
+/// The shared-data key of a vendor's state. The format version and the
+/// window shape are part of the key: a new layout never reads an old one, and
+/// two filter configurations that share a VM (`vm_id`) and a vendor name but
+/// not a window keep separate state instead of resetting each other's.
+/// Configurations with the same window share the vendor's health.
+pub fn vendor_key(vendor: &str, window: WindowSpec) -> String {
+    format!(
+        "llm_failover.v{}.{vendor}.{}msx{}",
+        codec::FORMAT_VERSION,
+        window.bucket_ms,
+        window.buckets
+    )
 }
 
 /// A vendor's state as read, with the reason it had to be reset, if it was.
@@ -269,11 +277,11 @@ mod tests {
     #[test]
     fn racing_writer_is_neither_lost_nor_double_counted() {
         let store = MemoryStore::new();
-        let key = vendor_key("a");
+        let key = vendor_key("a", SPEC);
         create_if_missing(&store, &key, SPEC).unwrap();
         // Another worker records twice between our read and our write.
         store.before_next_set(move |s| {
-            let k = vendor_key("a");
+            let k = vendor_key("a", SPEC);
             add_success(s, &k);
             add_success(s, &k);
         });
@@ -291,10 +299,10 @@ mod tests {
     #[test]
     fn gives_up_after_bounded_attempts() {
         let store = MemoryStore::new();
-        let key = vendor_key("a");
+        let key = vendor_key("a", SPEC);
         create_if_missing(&store, &key, SPEC).unwrap();
         for _ in 0..MAX_ATTEMPTS {
-            store.before_next_set(|s| add_success(s, &vendor_key("a")));
+            store.before_next_set(|s| add_success(s, &vendor_key("a", SPEC)));
         }
         let r = update(&store, &key, SPEC, |s| s.window.record(0, false));
         assert_eq!(r.unwrap_err(), StoreError::Contended);
@@ -304,7 +312,7 @@ mod tests {
     #[test]
     fn corrupt_blob_is_reset_not_trusted() {
         let store = MemoryStore::new();
-        let key = vendor_key("a");
+        let key = vendor_key("a", SPEC);
         store.put_raw(&key, b"garbage that is long enough to be read as something");
         let done = update(&store, &key, SPEC, |s| s.window.record(0, true)).unwrap();
         assert!(matches!(done.reset, Some(DecodeError::Corrupt(_))));
@@ -316,7 +324,7 @@ mod tests {
     #[test]
     fn unchanged_state_is_not_written() {
         let store = MemoryStore::new();
-        let key = vendor_key("a");
+        let key = vendor_key("a", SPEC);
         create_if_missing(&store, &key, SPEC).unwrap();
         let writes = store.writes.get();
         let stale = Ticket {
@@ -336,7 +344,7 @@ mod tests {
     #[test]
     fn create_if_missing_keeps_existing_state() {
         let store = MemoryStore::new();
-        let key = vendor_key("a");
+        let key = vendor_key("a", SPEC);
         assert!(create_if_missing(&store, &key, SPEC).unwrap());
         add_success(&store, &key);
         assert!(!create_if_missing(&store, &key, SPEC).unwrap());
@@ -345,6 +353,9 @@ mod tests {
 
     #[test]
     fn key_carries_the_format_version() {
-        assert_eq!(vendor_key("openai"), "llm_failover.v1.openai");
+        assert_eq!(
+            vendor_key("openai", SPEC),
+            "llm_failover.v1.openai.1000msx10"
+        );
     }
 }
