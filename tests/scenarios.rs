@@ -2,7 +2,12 @@
 //! round-robin counter) share one in-memory store, a fake clock advances,
 //! and mock vendors fail on a schedule. Only the proxy is missing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use llm_failover::choice::{choose, Choice};
 use llm_failover::classify::{classify, Outcome};
