@@ -8,10 +8,11 @@
 //! stream ends however it ends, classifies the outcome and records it in the
 //! vendor's shared window.
 
+use crate::batch::Batch;
 use crate::choice::{self, Choice};
 use crate::classify::{self, Outcome};
 use crate::config::Config;
-use crate::health::{PhaseKind, Rules, Ticket, Transition};
+use crate::health::{PhaseKind, Rules, Ticket, Transition, VendorState, Verdict};
 use crate::host::{self, SharedData, COUNTER, GAUGE, REQUEST_HEADERS, RESPONSE_HEADERS};
 use crate::reply;
 use crate::store::{self, Loaded, StoreError};
@@ -68,6 +69,10 @@ struct Plugin {
     /// `check_clusters`); skipped by the choice while others exist.
     missing: RefCell<Vec<bool>>,
     next_cluster_check_ms: Cell<u64>,
+    /// This worker's quiet successes not yet written, per vendor (`batch`).
+    batches: RefCell<Vec<Batch>>,
+    /// Finished requests per vendor not yet added to the `requests` counters.
+    unreported: RefCell<Vec<u64>>,
 }
 
 fn metric(kind: u32, name: &str) -> Result<u32, String> {
@@ -107,6 +112,8 @@ impl Plugin {
             rules,
             keys,
             missing: RefCell::new(vec![false; vendor_stats.len()]),
+            batches: RefCell::new(vec![Batch::default(); vendor_stats.len()]),
+            unreported: RefCell::new(vec![0; vendor_stats.len()]),
             stats,
             vendor_stats,
             turn: Cell::new(0),
@@ -209,6 +216,63 @@ impl Plugin {
         }
     }
 
+    /// Writes one change to a vendor's shared state, together with the
+    /// worker's batched successes for it (older, so merged first).
+    fn write(&self, vendor: usize, step: impl Fn(&mut VendorState) -> Option<Transition>) {
+        let Some(key) = self.keys.get(vendor) else {
+            return;
+        };
+        let batched = self
+            .batches
+            .borrow_mut()
+            .get_mut(vendor)
+            .map(Batch::take)
+            .unwrap_or_default();
+        let result = store::update(&SharedData, key, self.rules.window, |st| {
+            for d in &batched {
+                st.merge(d);
+            }
+            step(st)
+        });
+        match result {
+            Ok(done) => {
+                if let Some(why) = done.reset {
+                    self.note_reset(vendor, &why);
+                }
+                if let Some(t) = done.result {
+                    self.announce(vendor, &t);
+                }
+            }
+            Err(e) => {
+                if let Some(b) = self.batches.borrow_mut().get_mut(vendor) {
+                    b.restore(batched);
+                }
+                self.note_store_error(vendor, &e);
+            }
+        }
+    }
+
+    /// Writes the batched successes and reports the batched request counts.
+    fn flush(&self) {
+        for vendor in 0..self.keys.len() {
+            let pending = self
+                .batches
+                .borrow()
+                .get(vendor)
+                .is_some_and(|b| !b.is_empty());
+            if pending {
+                self.write(vendor, |_| None);
+            }
+        }
+        let mut unreported = self.unreported.borrow_mut();
+        for (count, s) in unreported.iter_mut().zip(&self.vendor_stats) {
+            if *count > 0 {
+                host::increment_metric(s.requests, i64::try_from(*count).unwrap_or(i64::MAX));
+                *count = 0;
+            }
+        }
+    }
+
     /// Copies every vendor's shared state into the gauges.
     fn refresh_gauges(&self, now_ms: u64) {
         for (vendor, key) in self.keys.iter().enumerate() {
@@ -299,6 +363,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(p) = &self.plugin {
             let now_ms = host::now_ms();
+            p.flush();
             p.refresh_gauges(now_ms);
             if now_ms >= p.next_cluster_check_ms.get() && p.missing.borrow().iter().any(|&m| m) {
                 p.check_clusters(now_ms, true);
@@ -311,6 +376,7 @@ impl RootContext for Root {
             plugin: self.plugin.clone(),
             routed: None,
             status: None,
+            complete: false,
         }))
     }
 
@@ -331,6 +397,8 @@ struct Stream {
     plugin: Option<Rc<Plugin>>,
     routed: Option<Routed>,
     status: Option<u16>,
+    /// The response reached its end (end of stream or trailers).
+    complete: bool,
 }
 
 impl Context for Stream {}
@@ -409,7 +477,8 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.complete |= end_of_stream;
         let (Some(p), Some(routed)) = (&self.plugin, self.routed) else {
             return Action::Continue;
         };
@@ -425,14 +494,33 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
+    fn on_http_response_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        self.complete |= end_of_stream;
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.complete = true;
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         let (Some(p), Some(routed)) = (&self.plugin, self.routed) else {
             return;
         };
-        let flags = host::property_u64(b"response\0flags")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        let vendor = routed.vendor;
+        let now_ms = host::now_ms();
+        // A 2xx answer that reached its end went right all the way: Envoy's
+        // flags can add nothing, so the common case skips reading them.
+        let clean = self.complete && self.status.is_some_and(|s| (200..300).contains(&s));
+        let flags = if clean {
+            0
+        } else {
+            host::property_u64(b"response\0flags")
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
         let status = self.status.or_else(|| {
             host::property_u64(b"response\0code")
                 .ok()
@@ -441,41 +529,44 @@ impl HttpContext for Stream {
                 .filter(|&c| c != 0)
         });
         let outcome = classify::classify(status, flags, &p.config.failure_statuses);
-        let Some(s) = p.vendor_stats.get(routed.vendor) else {
-            return;
-        };
-        host::increment_metric(s.requests, 1);
-        if let Outcome::Failure(reason) = outcome {
-            if reason == classify::Reason::NoCluster {
-                p.mark_missing(routed.vendor);
-            }
-            host::increment_metric(s.failures, 1);
-            log::debug!(
-                "vendor {}: failure ({reason}, flags {flags:#x})",
-                p.vendor_name(routed.vendor)
-            );
+        if let Some(n) = p.unreported.borrow_mut().get_mut(vendor) {
+            *n += 1;
         }
-        if routed.forced {
-            host::increment_metric(s.forced, 1);
+        if let Some(s) = p.vendor_stats.get(vendor) {
+            if let Outcome::Failure(reason) = outcome {
+                host::increment_metric(s.failures, 1);
+                log::debug!(
+                    "vendor {}: failure ({reason}, flags {flags:#x})",
+                    p.vendor_name(vendor)
+                );
+            }
+            if routed.forced {
+                host::increment_metric(s.forced, 1);
+            }
+        }
+        if outcome == Outcome::Failure(classify::Reason::NoCluster) {
+            p.mark_missing(vendor);
         }
         let Some(ticket) = routed.ticket else { return };
-        let Some(key) = p.keys.get(routed.vendor) else {
-            return;
-        };
-        let now_ms = host::now_ms();
         let verdict = outcome.verdict();
-        match store::update(&SharedData, key, p.rules.window, |st| {
-            st.record(now_ms, verdict, ticket, &p.rules)
-        }) {
-            Ok(done) => {
-                if let Some(why) = done.reset {
-                    p.note_reset(routed.vendor, &why);
+        if !ticket.probe {
+            match verdict {
+                Verdict::Neutral => return,
+                Verdict::Success if ticket.quiet => {
+                    let bucket = now_ms / p.rules.window.bucket_ms.max(1);
+                    let full = p
+                        .batches
+                        .borrow_mut()
+                        .get_mut(vendor)
+                        .is_some_and(|b| b.add(ticket.generation, bucket));
+                    if full {
+                        p.write(vendor, |_| None);
+                    }
+                    return;
                 }
-                if let Some(t) = done.result {
-                    p.announce(routed.vendor, &t);
-                }
+                _ => {}
             }
-            Err(e) => p.note_store_error(routed.vendor, &e),
         }
+        p.write(vendor, |st| st.record(now_ms, verdict, ticket, &p.rules));
     }
 }

@@ -82,6 +82,20 @@ pub struct Ticket {
     pub generation: u32,
     /// Holds one of the half-open probe slots.
     pub probe: bool,
+    /// The vendor was closed with no failure in its window and no run of
+    /// failures when the request was routed. A success then changes nothing
+    /// that decides a trip, so a worker may batch it (see `Deferred`).
+    pub quiet: bool,
+}
+
+/// Successes a worker batched instead of writing them one by one: all of
+/// one bucket, routed under one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deferred {
+    pub generation: u32,
+    /// Window bucket index (`time / bucket_ms`) they finished in.
+    pub bucket: u64,
+    pub successes: u32,
 }
 
 /// The tuning that drives transitions, taken from `Config`.
@@ -188,6 +202,7 @@ impl VendorState {
             Phase::Closed => Availability::Open(Ticket {
                 generation: self.generation,
                 probe: false,
+                quiet: self.consecutive_failures == 0 && self.window.totals(now_ms).failures == 0,
             }),
             Phase::Open { until_ms } if now_ms < until_ms => {
                 Availability::Unavailable { due_ms: until_ms }
@@ -257,6 +272,7 @@ impl VendorState {
             Ticket {
                 generation: self.generation,
                 probe: true,
+                quiet: false,
             },
             transition,
         ))
@@ -330,6 +346,15 @@ impl VendorState {
                     }
                 }
             }
+        }
+    }
+
+    /// Adds successes a worker batched. Like `record`, they count only under
+    /// the generation they were routed in. They do not reset a run of
+    /// consecutive failures: they finished before the outcomes written since.
+    pub fn merge(&mut self, d: &Deferred) {
+        if d.generation == self.generation && self.phase == Phase::Closed {
+            self.window.add_successes(d.bucket, d.successes);
         }
     }
 
@@ -442,6 +467,7 @@ mod tests {
         let t = Ticket {
             generation: s.generation,
             probe: false,
+            quiet: false,
         };
         s.record(now, verdict, t, &rules())
     }
@@ -478,12 +504,14 @@ mod tests {
             let t = Ticket {
                 generation: s.generation,
                 probe: false,
+                quiet: false,
             };
             assert_eq!(s.record(0, Verdict::Failure, t, &r), None);
         }
         let t = Ticket {
             generation: s.generation,
             probe: false,
+            quiet: false,
         };
         assert!(
             s.record(0, Verdict::Failure, t, &r).is_some(),
@@ -546,6 +574,7 @@ mod tests {
             let t = Ticket {
                 generation: s.generation,
                 probe: false,
+                quiet: false,
             };
             s.record(0, Verdict::Failure, t, &r);
         }
@@ -553,6 +582,7 @@ mod tests {
         let t = Ticket {
             generation: s.generation,
             probe: false,
+            quiet: false,
         };
         assert_eq!(s.record(10_000, Verdict::Failure, t, &r), None);
     }
@@ -701,6 +731,7 @@ mod tests {
         let forced = Ticket {
             generation: probe.generation,
             probe: false,
+            quiet: false,
         };
         assert_eq!(s.record(30_100, Verdict::Failure, forced, &r), None);
         assert_eq!(s.phase.kind(), PhaseKind::HalfOpen);

@@ -3,6 +3,7 @@
 //! never touches the proxy: time and the shared store are passed in, so the
 //! whole decision path is unit-tested on the host.
 
+pub mod batch;
 pub mod choice;
 pub mod classify;
 pub mod codec;

@@ -330,6 +330,7 @@ mod tests {
         let stale = Ticket {
             generation: 99,
             probe: false,
+            quiet: false,
         };
         let rules = crate::health::Rules::from_config(
             &crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap(),

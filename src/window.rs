@@ -87,6 +87,21 @@ impl Window {
         }
     }
 
+    /// Adds successes counted elsewhere to bucket `index`; dropped if that
+    /// bucket has already left the window.
+    pub fn add_successes(&mut self, index: u64, count: u32) {
+        let n = u64::from(self.spec.buckets);
+        if index > self.head {
+            self.advance(index);
+        } else if self.head - index >= n {
+            return;
+        }
+        let slot = self.slot(index);
+        if let Some(b) = self.ring.get_mut(slot) {
+            b.successes = b.successes.saturating_add(count);
+        }
+    }
+
     /// Clears the buckets between the old head and `index`.
     fn advance(&mut self, index: u64) {
         if index <= self.head {
@@ -202,6 +217,18 @@ mod tests {
         w.record(7_000, true);
         assert_eq!(w.totals(9_999).failures, 1);
         assert_eq!(w.totals(10_000).failures, 0);
+    }
+
+    #[test]
+    fn batched_successes_land_in_their_own_bucket() {
+        let mut w = Window::new(SPEC);
+        w.record(15_000, true);
+        w.add_successes(13, 4); // finished at 13.x s, written later
+        w.add_successes(5, 9); // already outside the window: dropped
+        w.add_successes(16, 2); // newer than anything written: moves the head
+        let t = w.totals(16_000);
+        assert_eq!((t.successes, t.failures), (6, 1));
+        assert_eq!(w.totals(23_000).successes, 2, "bucket 13 expires at 23 s");
     }
 
     #[test]

@@ -288,6 +288,6 @@ def test_vendor_with_unknown_cluster_is_skipped_without_failing_requests(vendors
 def test_stats_are_exported_with_a_vendor_tag(vendors, make_envoy, client_for):
     envoy = make_envoy()
     client_for(envoy).chat()
-    prom = envoy.prometheus()
-    assert 'llm_failover_vendor_requests{vendor="anthropic"} 1' in prom
-    assert 'llm_failover_vendor_state{vendor="openai"} 0' in prom
+    # Request counts are reported by each worker on its tick (200 ms here).
+    wait_for(lambda: 'llm_failover_vendor_requests{vendor="anthropic"} 1' in envoy.prometheus(), timeout=3)
+    assert 'llm_failover_vendor_state{vendor="openai"} 0' in envoy.prometheus()
