@@ -7,8 +7,9 @@
 //! ejected, `AllDown` decides.
 
 use crate::config::{AllDown, Config};
-use crate::health::{Availability, Rules, Ticket, Transition};
+use crate::health::{Availability, Phase, Rules, Ticket, Transition};
 use crate::store::{self, Store};
+use crate::view::View;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Choice {
@@ -24,7 +25,7 @@ pub enum Choice {
         transition: Option<Transition>,
     },
     /// Every vendor is ejected and the policy is to refuse.
-    Reject { due: Vec<Due> },
+    Reject { due: Vec<Due>, now_ms: u64 },
 }
 
 /// When an ejected vendor is due back.
@@ -40,21 +41,68 @@ enum Candidate {
     Probe,
 }
 
-/// Picks a vendor for a request at `now_ms`. `turn` is the worker's
-/// round-robin counter for weighted choice; `keys[i]` is vendor i's store key.
-/// `missing[i]` marks a vendor whose Envoy cluster does not exist: it is
-/// skipped unless every vendor is missing (then the mask says nothing).
+/// What one worker keeps between choices.
+#[derive(Debug, Clone, Default)]
+pub struct Worker {
+    /// Round-robin position for weighted choice.
+    pub turn: u64,
+    /// `missing[i]`: vendor i's Envoy cluster does not exist. Such vendors
+    /// are skipped unless every vendor is missing (then the mask says nothing).
+    pub missing: Vec<bool>,
+    /// This worker's copy of the vendors' shared state.
+    pub view: View,
+}
+
+impl Worker {
+    pub fn new(vendors: usize) -> Self {
+        Worker {
+            turn: 0,
+            missing: vec![false; vendors],
+            view: View::new(vendors),
+        }
+    }
+
+    fn skips(&self, vendor: usize, all_missing: bool) -> bool {
+        !all_missing && self.missing.get(vendor).copied().unwrap_or(false)
+    }
+}
+
+/// Reads the clock at most once, and only if a choice needs it: routing to a
+/// closed vendor from the worker's copy needs no time at all.
+struct LazyClock<'a> {
+    read: &'a mut dyn FnMut() -> u64,
+    now: Option<u64>,
+}
+
+impl LazyClock<'_> {
+    fn now(&mut self) -> u64 {
+        match self.now {
+            Some(t) => t,
+            None => {
+                let t = (self.read)();
+                self.now = Some(t);
+                t
+            }
+        }
+    }
+}
+
+/// Picks a vendor for a request. `clock` reads the current time in ms;
+/// `keys[i]` is vendor i's store key.
 pub fn choose<S: Store + ?Sized>(
     config: &Config,
     rules: &Rules,
     keys: &[String],
     store: &S,
-    now_ms: u64,
-    turn: &mut u64,
-    missing: &[bool],
+    clock: &mut dyn FnMut() -> u64,
+    worker: &mut Worker,
 ) -> Choice {
-    let all_missing = (0..config.vendors.len()).all(|i| missing.get(i).copied().unwrap_or(false));
-    let skip = |i: usize| !all_missing && missing.get(i).copied().unwrap_or(false);
+    let mut clock = LazyClock {
+        read: clock,
+        now: None,
+    };
+    let all_missing =
+        (0..config.vendors.len()).all(|i| worker.missing.get(i).copied().unwrap_or(false));
     let mut due: Vec<Due> = Vec::new();
     let order = &config.by_preference;
     let mut start = 0;
@@ -69,25 +117,58 @@ pub fn choose<S: Store + ?Sized>(
         start = end;
 
         let mut candidates: Vec<(usize, u32, Candidate)> = Vec::with_capacity(level.len());
-        for &vendor in level.iter().filter(|&&i| !skip(i)) {
+        for &vendor in level {
+            if worker.skips(vendor, all_missing) {
+                continue;
+            }
             let weight = config.vendors.get(vendor).map_or(1, |v| v.weight);
             let Some(key) = keys.get(vendor) else {
                 continue;
             };
-            match store::load(store, key, rules.window) {
-                // Unreadable state must not take a vendor out of service.
-                Err(_) => candidates.push((vendor, weight, Candidate::Healthy(None))),
-                Ok(loaded) => match loaded.state.availability(now_ms, rules) {
-                    Availability::Open(t) => {
-                        candidates.push((vendor, weight, Candidate::Healthy(Some(t))))
+            let candidate = match worker.view.get(vendor) {
+                Some(c) if c.state.phase == Phase::Closed => {
+                    Some(Candidate::Healthy(Some(Ticket {
+                        generation: c.state.generation,
+                        probe: false,
+                        quiet: c.quiet,
+                    })))
+                }
+                // An ejection cannot end early: until it runs out, the copy holds.
+                Some(c) if matches!(c.state.phase, Phase::Open { until_ms } if clock.now() < until_ms) =>
+                {
+                    if let Phase::Open { until_ms } = c.state.phase {
+                        due.push(Due {
+                            vendor,
+                            due_ms: until_ms,
+                        });
                     }
-                    Availability::Probe => candidates.push((vendor, weight, Candidate::Probe)),
-                    Availability::Unavailable { due_ms } => due.push(Due { vendor, due_ms }),
+                    None
+                }
+                // Not plainly closed, or no copy: judge from a fresh read.
+                _ => match store::load(store, key, rules.window) {
+                    // Unreadable state must not take a vendor out of service.
+                    Err(_) => Some(Candidate::Healthy(None)),
+                    Ok(loaded) => {
+                        let now = clock.now();
+                        let availability = loaded.state.availability(now, rules);
+                        worker.view.put(vendor, loaded.state, now);
+                        match availability {
+                            Availability::Open(t) => Some(Candidate::Healthy(Some(t))),
+                            Availability::Probe => Some(Candidate::Probe),
+                            Availability::Unavailable { due_ms } => {
+                                due.push(Due { vendor, due_ms });
+                                None
+                            }
+                        }
+                    }
                 },
+            };
+            if let Some(c) = candidate {
+                candidates.push((vendor, weight, c));
             }
         }
         while !candidates.is_empty() {
-            let pick = weighted_pick(&candidates, turn);
+            let pick = weighted_pick(&candidates, &mut worker.turn);
             let Some(&(vendor, _, candidate)) = candidates.get(pick) else {
                 break;
             };
@@ -101,11 +182,14 @@ pub fn choose<S: Store + ?Sized>(
                     }
                 }
                 Candidate::Probe => {
+                    let now = clock.now();
                     let key = keys.get(vendor).map(String::as_str).unwrap_or_default();
                     let claimed =
-                        store::update(store, key, rules.window, |s| s.claim_probe(now_ms, rules));
+                        store::update(store, key, rules.window, |s| s.claim_probe(now, rules));
                     if let Ok(done) = claimed {
-                        if let Some((ticket, transition)) = done.result {
+                        let claim = done.result;
+                        worker.view.put(vendor, done.state, now);
+                        if let Some((ticket, transition)) = claim {
                             return Choice::Route {
                                 vendor,
                                 ticket: Some(ticket),
@@ -117,7 +201,7 @@ pub fn choose<S: Store + ?Sized>(
                     // Another worker took the last slot: it is being probed.
                     due.push(Due {
                         vendor,
-                        due_ms: now_ms,
+                        due_ms: now,
                     });
                     candidates.remove(pick);
                 }
@@ -129,13 +213,22 @@ pub fn choose<S: Store + ?Sized>(
     match config.all_down {
         AllDown::Reject => {
             due.sort_by_key(|d| d.due_ms);
-            Choice::Reject { due }
+            Choice::Reject {
+                due,
+                now_ms: clock.now(),
+            }
         }
         AllDown::Soonest => {
             // `due` is in preference order, and min_by_key keeps the first of
             // equals, so ties go to the preferred vendor.
             let vendor = due.iter().min_by_key(|d| d.due_ms).map_or_else(
-                || order.iter().copied().find(|&i| !skip(i)).unwrap_or(0),
+                || {
+                    order
+                        .iter()
+                        .copied()
+                        .find(|&i| !worker.skips(i, all_missing))
+                        .unwrap_or(0)
+                },
                 |d| d.vendor,
             );
             Choice::Route {
@@ -207,19 +300,26 @@ mod tests {
             }
         }
 
-        fn choose(&self, now: u64, turn: &mut u64) -> Choice {
-            self.choose_without(now, turn, &[])
+        fn worker(&self) -> Worker {
+            Worker::new(self.config.vendors.len())
         }
 
-        fn choose_without(&self, now: u64, turn: &mut u64, missing: &[bool]) -> Choice {
+        /// A choice by a worker whose copy of the state is up to date (it
+        /// was told of every change), as the glue's notifications ensure.
+        fn choose(&self, now: u64, worker: &mut Worker) -> Choice {
+            worker.view.forget_all();
+            self.choose_cached(now, worker)
+        }
+
+        /// A choice from whatever the worker's copy holds.
+        fn choose_cached(&self, now: u64, worker: &mut Worker) -> Choice {
             choose(
                 &self.config,
                 &self.rules,
                 &self.keys,
                 &self.store,
-                now,
-                turn,
-                missing,
+                &mut || now,
+                worker,
             )
         }
 
@@ -248,7 +348,7 @@ mod tests {
     fn healthy_primary_takes_everything_with_one_read() {
         let w = World::new(THREE);
         let reads = w.store.reads.get();
-        let mut turn = 0;
+        let mut turn = w.worker();
         for _ in 0..10 {
             assert_eq!(w.name(&w.choose(0, &mut turn)), "anthropic");
         }
@@ -263,7 +363,7 @@ mod tests {
     fn ejected_primary_sends_traffic_to_the_next_priority() {
         let w = World::new(THREE);
         w.eject(0, 10_000);
-        let mut turn = 0;
+        let mut turn = w.worker();
         assert_eq!(w.name(&w.choose(5_000, &mut turn)), "openai");
         w.eject(1, 10_000);
         assert_eq!(w.name(&w.choose(5_000, &mut turn)), "xai");
@@ -275,7 +375,7 @@ mod tests {
             r#"{"vendors":[
             {"name":"a","weight":3},{"name":"b","weight":1},{"name":"c","priority":1}]}"#,
         );
-        let mut turn = 0;
+        let mut turn = w.worker();
         let mut counts = std::collections::HashMap::new();
         for _ in 0..400 {
             *counts
@@ -296,7 +396,7 @@ mod tests {
     fn ended_ejection_admits_probes_up_to_the_budget_then_falls_through() {
         let w = World::new(THREE);
         w.eject(0, 10_000);
-        let mut turn = 0;
+        let mut turn = w.worker();
         let mut routed = vec![];
         let mut transitions = 0;
         for _ in 0..6 {
@@ -332,7 +432,7 @@ mod tests {
         let w = World::new(THREE);
         w.eject(0, 10_000);
         // Four workers, each with its own round-robin counter, same store.
-        let mut turns = [0u64; 4];
+        let mut turns: Vec<Worker> = (0..4).map(|_| w.worker()).collect();
         let mut probes = 0;
         for round in 0..5 {
             for turn in turns.iter_mut() {
@@ -362,7 +462,7 @@ mod tests {
                 update(s, &key, rules.window, |st| st.claim_probe(10_000, &rules)).unwrap();
             }
         });
-        let mut turn = 0;
+        let mut turn = w.worker();
         assert_eq!(w.name(&w.choose(10_000, &mut turn)), "anthropic");
         let st = load(&w.store, &w.keys[0], w.rules.window).unwrap().state;
         assert!(
@@ -379,7 +479,7 @@ mod tests {
         w.eject(0, 30_000);
         w.eject(1, 20_000);
         w.eject(2, 25_000);
-        let mut turn = 0;
+        let mut turn = w.worker();
         let c = w.choose(10_000, &mut turn);
         assert_eq!(w.name(&c), "openai");
         assert!(matches!(
@@ -398,7 +498,7 @@ mod tests {
         for v in 0..3 {
             w.eject(v, 30_000);
         }
-        let mut turn = 0;
+        let mut turn = w.worker();
         assert_eq!(w.name(&w.choose(10_000, &mut turn)), "anthropic");
     }
 
@@ -409,7 +509,7 @@ mod tests {
         );
         w.eject(0, 30_000);
         w.eject(1, 20_000);
-        let mut turn = 0;
+        let mut turn = w.worker();
         assert_eq!(
             w.choose(10_000, &mut turn),
             Choice::Reject {
@@ -422,7 +522,8 @@ mod tests {
                         vendor: 0,
                         due_ms: 30_000
                     }
-                ]
+                ],
+                now_ms: 10_000
             }
         );
     }
@@ -432,7 +533,7 @@ mod tests {
         // The ticket is None: the glue only counts stats for it.
         let w = World::new(r#"{"vendors":[{"name":"a"}]}"#);
         w.eject(0, 30_000);
-        let mut turn = 0;
+        let mut turn = w.worker();
         assert!(matches!(
             w.choose(0, &mut turn),
             Choice::Route {
@@ -446,30 +547,95 @@ mod tests {
     #[test]
     fn a_vendor_without_an_envoy_cluster_is_skipped() {
         let w = World::new(THREE);
-        let mut turn = 0;
-        assert_eq!(
-            w.name(&w.choose_without(0, &mut turn, &[true, false, false])),
-            "openai"
-        );
+        let mut worker = w.worker();
+        worker.missing = vec![true, false, false];
+        assert_eq!(w.name(&w.choose(0, &mut worker)), "openai");
         // Ejections of the others do not bring it back...
         w.eject(1, 10_000);
         w.eject(2, 20_000);
-        assert_eq!(
-            w.name(&w.choose_without(0, &mut turn, &[true, false, false])),
-            "openai"
-        );
+        assert_eq!(w.name(&w.choose(0, &mut worker)), "openai");
         // ...but when nothing is known to exist, the mask is ignored.
+        worker.missing = vec![true, true, true];
+        assert_eq!(w.name(&w.choose(0, &mut worker)), "anthropic");
+    }
+
+    #[test]
+    fn a_worker_routes_to_a_closed_vendor_from_its_copy_without_reading() {
+        let w = World::new(THREE);
+        let mut worker = w.worker();
+        w.choose_cached(0, &mut worker);
+        let reads = w.store.reads.get();
+        let mut clock_reads = 0;
+        for _ in 0..100 {
+            let mut clock = || {
+                clock_reads += 1;
+                0
+            };
+            let c = choose(
+                &w.config,
+                &w.rules,
+                &w.keys,
+                &w.store,
+                &mut clock,
+                &mut worker,
+            );
+            assert_eq!(w.name(&c), "anthropic");
+        }
+        assert_eq!(w.store.reads.get(), reads, "no shared-data read");
+        assert_eq!(clock_reads, 0, "no clock read");
+    }
+
+    #[test]
+    fn a_copy_of_an_ejection_holds_until_it_runs_out_then_is_read_again() {
+        let w = World::new(THREE);
+        w.eject(0, 10_000);
+        let mut worker = w.worker();
+        assert_eq!(w.name(&w.choose_cached(5_000, &mut worker)), "openai");
+        let reads = w.store.reads.get();
+        assert_eq!(w.name(&w.choose_cached(9_999, &mut worker)), "openai");
         assert_eq!(
-            w.name(&w.choose_without(0, &mut turn, &[true, true, true])),
-            "anthropic"
+            w.store.reads.get() - reads,
+            0,
+            "ejected primary judged from the copy"
         );
+        // At 10 s the ejection has run out: fresh read, probe claimed.
+        let c = w.choose_cached(10_000, &mut worker);
+        assert_eq!(w.name(&c), "anthropic");
+        assert!(matches!(
+            c,
+            Choice::Route {
+                ticket: Some(Ticket { probe: true, .. }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_stale_copy_routes_with_a_stale_ticket_until_the_worker_is_told() {
+        let w = World::new(THREE);
+        let mut worker = w.worker();
+        w.choose_cached(0, &mut worker);
+        w.eject(0, 10_000); // by another worker
+        let c = w.choose_cached(1, &mut worker);
+        // Until the notification arrives the copy routes there; the outcome
+        // carries the old generation and will be ignored.
+        assert!(matches!(
+            c,
+            Choice::Route {
+                vendor: 0,
+                ticket: Some(Ticket { generation: 0, .. }),
+                ..
+            }
+        ));
+        worker.view.forget(0); // the notification
+        assert_eq!(w.name(&w.choose_cached(2, &mut worker)), "openai");
     }
 
     #[test]
     fn corrupt_state_reads_as_healthy() {
         let w = World::new(THREE);
         w.store.put_raw(&w.keys[0], b"\x00\x01garbage");
-        let mut turn = 0;
+        let mut turn = w.worker();
         let c = w.choose(0, &mut turn);
         assert_eq!(w.name(&c), "anthropic");
         // ...and the outcome repairs it.

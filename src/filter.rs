@@ -2,18 +2,24 @@
 //! modules. Every host call goes through `host`; every failure becomes a log
 //! line or a skipped stat, never a panic.
 //!
-//! Per request: `on_http_request_headers` chooses the vendor and writes its
-//! cluster into the routing header; `on_http_response_headers` notes the
-//! status and names the vendor; `on_log`, which Envoy calls once when the
-//! stream ends however it ends, classifies the outcome and records it in the
-//! vendor's shared window.
+//! Per request: `on_http_request_headers` chooses the vendor (from this
+//! worker's copy of the shared state while it is healthy, see `view`) and
+//! writes its cluster into the routing header; `on_http_response_headers`
+//! notes the status and names the vendor; `on_log`, which Envoy calls once
+//! when the stream ends however it ends, classifies the outcome and records
+//! it: at once when it can matter, batched per worker when it cannot (see
+//! `batch`). On its tick each worker writes its batch, re-reads every
+//! vendor into its copy and the gauges. A change that matters for routing is
+//! announced to every worker through shared queues (see `notify`).
 
 use crate::batch::Batch;
-use crate::choice::{self, Choice};
+use crate::choice::{self, Choice, Worker};
 use crate::classify::{self, Outcome};
 use crate::config::Config;
 use crate::health::{PhaseKind, Rules, Ticket, Transition, VendorState, Verdict};
-use crate::host::{self, SharedData, COUNTER, GAUGE, REQUEST_HEADERS, RESPONSE_HEADERS};
+use crate::host::{self, SharedData, REQUEST_HEADERS, RESPONSE_HEADERS};
+use crate::metrics::{self, GlobalStats, VendorStats};
+use crate::notify;
 use crate::reply;
 use crate::store::{self, Loaded, StoreError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -37,88 +43,61 @@ pub fn register() {
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { plugin: None }) });
 }
 
-/// Stats of one vendor. Envoy prefixes the names with `wasmcustom.` inside
-/// and strips that prefix again in `/stats` output.
-struct VendorStats {
-    requests: u32,
-    failures: u32,
-    ejections: u32,
-    forced: u32,
-    state: u32,
-    window_requests: u32,
-    window_failures: u32,
-}
-
-struct GlobalStats {
-    all_down: u32,
-    rejected: u32,
-    state_resets: u32,
-    store_errors: u32,
-}
-
-/// Everything a configured filter instance needs, shared by its streams.
+/// One configured filter instance in one worker VM, shared by its streams.
 struct Plugin {
     config: Config,
     rules: Rules,
     keys: Vec<String>,
     vendor_stats: Vec<VendorStats>,
     stats: GlobalStats,
-    /// This worker's round-robin position for weighted choice.
-    turn: Cell<u64>,
-    /// Vendors whose cluster this worker's Envoy does not have (see
-    /// `check_clusters`); skipped by the choice while others exist.
-    missing: RefCell<Vec<bool>>,
+    /// Round robin, missing clusters and the copy of the shared state.
+    worker: RefCell<Worker>,
+    /// The latest clock reading on this worker (ms); batched successes are
+    /// placed in the window by it, so they may land up to one tick early.
+    clock_ms: Cell<u64>,
     next_cluster_check_ms: Cell<u64>,
-    /// This worker's quiet successes not yet written, per vendor (`batch`).
+    /// Quiet successes not yet written, per vendor.
     batches: RefCell<Vec<Batch>>,
     /// Finished requests per vendor not yet added to the `requests` counters.
     unreported: RefCell<Vec<u64>>,
-}
-
-fn metric(kind: u32, name: &str) -> Result<u32, String> {
-    host::define_metric(kind, name)
-        .map_err(|e| format!("cannot define metric {name}: host status {}", e.0))
+    /// This VM's notification queue.
+    queue: Cell<Option<u32>>,
 }
 
 impl Plugin {
     fn new(config: Config) -> Result<Plugin, String> {
         let rules = Rules::from_config(&config);
+        let n = config.vendors.len();
         let keys = config
             .vendors
             .iter()
             .map(|v| store::vendor_key(&v.name, config.window))
             .collect();
-        let mut vendor_stats = Vec::with_capacity(config.vendors.len());
-        for v in &config.vendors {
-            let p = format!("llm_failover.vendor.{}.", v.name);
-            vendor_stats.push(VendorStats {
-                requests: metric(COUNTER, &format!("{p}requests"))?,
-                failures: metric(COUNTER, &format!("{p}failures"))?,
-                ejections: metric(COUNTER, &format!("{p}ejections"))?,
-                forced: metric(COUNTER, &format!("{p}forced"))?,
-                state: metric(GAUGE, &format!("{p}state"))?,
-                window_requests: metric(GAUGE, &format!("{p}window_requests"))?,
-                window_failures: metric(GAUGE, &format!("{p}window_failures"))?,
-            });
-        }
-        let stats = GlobalStats {
-            all_down: metric(COUNTER, "llm_failover.all_down")?,
-            rejected: metric(COUNTER, "llm_failover.rejected")?,
-            state_resets: metric(COUNTER, "llm_failover.state_resets")?,
-            store_errors: metric(COUNTER, "llm_failover.store_errors")?,
-        };
+        let vendor_stats = config
+            .vendors
+            .iter()
+            .map(|v| VendorStats::define(&v.name))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Plugin {
             config,
             rules,
             keys,
-            missing: RefCell::new(vec![false; vendor_stats.len()]),
-            batches: RefCell::new(vec![Batch::default(); vendor_stats.len()]),
-            unreported: RefCell::new(vec![0; vendor_stats.len()]),
-            stats,
             vendor_stats,
-            turn: Cell::new(0),
+            stats: GlobalStats::define()?,
+            worker: RefCell::new(Worker::new(n)),
+            clock_ms: Cell::new(0),
             next_cluster_check_ms: Cell::new(0),
+            batches: RefCell::new(vec![Batch::default(); n]),
+            unreported: RefCell::new(vec![0; n]),
+            queue: Cell::new(None),
         })
+    }
+
+    /// Reads the clock, and remembers the reading.
+    fn now(&self) -> u64 {
+        let t = host::now_ms();
+        self.clock_ms.set(t);
+        t
     }
 
     fn vendor_name(&self, vendor: usize) -> &str {
@@ -128,14 +107,14 @@ impl Plugin {
             .map_or("?", |v| v.name.as_str())
     }
 
-    /// Logs a phase change (exactly one worker sees each one) and updates stats.
+    /// Logs a phase change (exactly one worker makes each one) and updates stats.
     fn announce(&self, vendor: usize, t: &Transition) {
         log::info!("vendor {}: {}", self.vendor_name(vendor), t);
         if let Some(s) = self.vendor_stats.get(vendor) {
             if t.to == PhaseKind::Open {
-                host::increment_metric(s.ejections, 1);
+                metrics::add(s.ejections, 1);
             }
-            host::record_metric(s.state, t.to.gauge());
+            metrics::set(s.state, t.to.gauge());
         }
     }
 
@@ -144,12 +123,12 @@ impl Plugin {
             "vendor {}: shared state was unusable ({why}); starting it afresh",
             self.vendor_name(vendor)
         );
-        host::increment_metric(self.stats.state_resets, 1);
+        metrics::add(self.stats.state_resets, 1);
     }
 
     fn note_store_error(&self, vendor: usize, e: &StoreError) {
         log::debug!("vendor {}: {e}", self.vendor_name(vendor));
-        host::increment_metric(self.stats.store_errors, 1);
+        metrics::add(self.stats.store_errors, 1);
     }
 
     /// Finds out which vendor clusters exist, without sending a request.
@@ -162,9 +141,9 @@ impl Plugin {
     fn check_clusters(&self, now_ms: u64, only_missing: bool) {
         self.next_cluster_check_ms
             .set(now_ms.saturating_add(CLUSTER_RECHECK_MS));
-        let mut missing = self.missing.borrow_mut();
+        let mut worker = self.worker.borrow_mut();
         for (i, vendor) in self.config.vendors.iter().enumerate() {
-            let Some(flag) = missing.get_mut(i) else {
+            let Some(flag) = worker.missing.get_mut(i) else {
                 continue;
             };
             if only_missing && !*flag {
@@ -204,7 +183,8 @@ impl Plugin {
     }
 
     fn mark_missing(&self, vendor: usize) {
-        if let Some(flag) = self.missing.borrow_mut().get_mut(vendor) {
+        let mut worker = self.worker.borrow_mut();
+        if let Some(flag) = worker.missing.get_mut(vendor) {
             if !*flag {
                 log::warn!(
                     "vendor {}: Envoy has no cluster named {:?}; the vendor is skipped until it appears",
@@ -217,8 +197,15 @@ impl Plugin {
     }
 
     /// Writes one change to a vendor's shared state, together with the
-    /// worker's batched successes for it (older, so merged first).
-    fn write(&self, vendor: usize, step: impl Fn(&mut VendorState) -> Option<Transition>) {
+    /// worker's batched successes for it (older, so merged first). Tells the
+    /// other workers when the change matters for routing: a phase change, the
+    /// vendor's first failure, or a reset of unusable state.
+    fn write(
+        &self,
+        vendor: usize,
+        now_ms: u64,
+        step: impl Fn(&mut VendorState) -> Option<Transition>,
+    ) {
         let Some(key) = self.keys.get(vendor) else {
             return;
         };
@@ -229,18 +216,30 @@ impl Plugin {
             .map(Batch::take)
             .unwrap_or_default();
         let result = store::update(&SharedData, key, self.rules.window, |st| {
+            let was_quiet = st.is_quiet(now_ms);
             for d in &batched {
                 st.merge(d);
             }
-            step(st)
+            (step(st), was_quiet)
         });
         match result {
             Ok(done) => {
+                let (transition, was_quiet) = done.result;
+                let matters = transition.is_some()
+                    || done.reset.is_some()
+                    || (was_quiet && !done.state.is_quiet(now_ms));
                 if let Some(why) = done.reset {
                     self.note_reset(vendor, &why);
                 }
-                if let Some(t) = done.result {
-                    self.announce(vendor, &t);
+                if let Some(t) = &transition {
+                    self.announce(vendor, t);
+                }
+                self.worker
+                    .borrow_mut()
+                    .view
+                    .put(vendor, done.state, now_ms);
+                if matters {
+                    self.notify(vendor);
                 }
             }
             Err(e) => {
@@ -253,7 +252,7 @@ impl Plugin {
     }
 
     /// Writes the batched successes and reports the batched request counts.
-    fn flush(&self) {
+    fn flush(&self, now_ms: u64) {
         for vendor in 0..self.keys.len() {
             let pending = self
                 .batches
@@ -261,35 +260,87 @@ impl Plugin {
                 .get(vendor)
                 .is_some_and(|b| !b.is_empty());
             if pending {
-                self.write(vendor, |_| None);
+                self.write(vendor, now_ms, |_| None);
             }
         }
         let mut unreported = self.unreported.borrow_mut();
         for (count, s) in unreported.iter_mut().zip(&self.vendor_stats) {
-            if *count > 0 {
-                host::increment_metric(s.requests, i64::try_from(*count).unwrap_or(i64::MAX));
-                *count = 0;
+            metrics::add(s.requests, std::mem::take(count));
+        }
+    }
+
+    /// Re-reads every vendor's shared state into this worker's copy and the gauges.
+    fn refresh(&self, now_ms: u64) {
+        for (vendor, key) in self.keys.iter().enumerate() {
+            match store::load(&SharedData, key, self.rules.window) {
+                Ok(Loaded { state, reset, .. }) => {
+                    if let (None, Some(s)) = (reset, self.vendor_stats.get(vendor)) {
+                        let totals = state.window.totals(now_ms);
+                        metrics::set(s.state, state.effective_kind(now_ms).gauge());
+                        metrics::set(s.window_requests, totals.requests());
+                        metrics::set(s.window_failures, totals.failures);
+                    }
+                    self.worker.borrow_mut().view.put(vendor, state, now_ms);
+                }
+                Err(e) => {
+                    self.worker.borrow_mut().view.forget(vendor);
+                    self.note_store_error(vendor, &e);
+                }
             }
         }
     }
 
-    /// Copies every vendor's shared state into the gauges.
-    fn refresh_gauges(&self, now_ms: u64) {
-        for (vendor, key) in self.keys.iter().enumerate() {
-            let Some(s) = self.vendor_stats.get(vendor) else {
-                continue;
-            };
-            match store::load(&SharedData, key, self.rules.window) {
-                Ok(Loaded {
-                    state, reset: None, ..
-                }) => {
-                    let totals = state.window.totals(now_ms);
-                    host::record_metric(s.state, state.effective_kind(now_ms).gauge());
-                    host::record_metric(s.window_requests, totals.requests());
-                    host::record_metric(s.window_failures, totals.failures);
-                }
-                Ok(_) => {} // repaired by the next recorded outcome
-                Err(e) => self.note_store_error(vendor, &e),
+    /// Opens this VM's notification queue and lists it in the registry.
+    fn join_notifications(&self) {
+        let joined = store::update_bytes(&SharedData, notify::SEQUENCE_KEY, notify::next_sequence)
+            .map_err(|e| e.to_string())
+            .and_then(|seq| {
+                host::register_queue(&format!("llm_failover.worker.{seq}"))
+                    .map_err(|e| format!("cannot register a shared queue (host status {})", e.0))
+            })
+            .and_then(|token| {
+                store::update_bytes(&SharedData, notify::REGISTRY_KEY, |r| {
+                    (notify::join(r, token), ())
+                })
+                .map(|()| token)
+                .map_err(|e| e.to_string())
+            });
+        match joined {
+            Ok(token) => self.queue.set(Some(token)),
+            // Still correct without: this worker then learns of changes on its tick.
+            Err(e) => {
+                log::warn!("cannot join change notifications ({e}); this worker relies on its tick")
+            }
+        }
+    }
+
+    /// Tells every other worker to drop its copy of `vendor`.
+    fn notify(&self, vendor: usize) {
+        let Some(key) = self.keys.get(vendor) else {
+            return;
+        };
+        let Ok(Some((registry, _))) = store::Store::get(&SharedData, notify::REGISTRY_KEY) else {
+            return;
+        };
+        let own = self.queue.get();
+        for token in notify::tokens(&registry) {
+            if Some(token) != own {
+                // A token of a VM that is gone fails or is never read: harmless.
+                let _ = host::enqueue(token, key.as_bytes());
+            }
+        }
+    }
+
+    /// Drains a notification queue, dropping the copies it names.
+    fn on_notified(&self, token: u32) {
+        let mut worker = self.worker.borrow_mut();
+        while let Ok(Some(message)) = host::dequeue(token) {
+            if let Some(vendor) = self
+                .keys
+                .iter()
+                .position(|k| k.as_bytes() == message.as_slice())
+            {
+                worker.view.forget(vendor);
             }
         }
     }
@@ -311,14 +362,10 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let config = match Config::parse(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("configuration refused: {e}");
-                return false;
-            }
-        };
-        let plugin = match Plugin::new(config) {
+        let plugin = match Config::parse(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(Plugin::new)
+        {
             Ok(p) => p,
             Err(e) => {
                 log::error!("configuration refused: {e}");
@@ -330,15 +377,16 @@ impl RootContext for Root {
                 plugin.note_store_error(vendor, &e);
             }
         }
+        plugin.join_notifications();
         if let Err(e) = host::set_tick_period_ms(plugin.config.refresh_ms) {
             log::warn!(
                 "cannot set the tick period (host status {}); gauges will lag",
                 e.0
             );
         }
-        let now_ms = host::now_ms();
+        let now_ms = plugin.now();
         plugin.check_clusters(now_ms, false);
-        plugin.refresh_gauges(now_ms);
+        plugin.refresh(now_ms);
         let vendors: Vec<String> = plugin
             .config
             .by_preference
@@ -362,12 +410,21 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(p) = &self.plugin {
-            let now_ms = host::now_ms();
-            p.flush();
-            p.refresh_gauges(now_ms);
-            if now_ms >= p.next_cluster_check_ms.get() && p.missing.borrow().iter().any(|&m| m) {
+            let now_ms = p.now();
+            p.flush(now_ms);
+            p.refresh(now_ms);
+            let any_missing = p.worker.borrow().missing.iter().any(|&m| m);
+            if any_missing && now_ms >= p.next_cluster_check_ms.get() {
                 p.check_clusters(now_ms, true);
             }
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        match &self.plugin {
+            Some(p) => p.on_notified(queue_id),
+            // Drain it anyway so nothing piles up.
+            None => while let Ok(Some(_)) = host::dequeue(queue_id) {},
         }
     }
 
@@ -408,18 +465,17 @@ impl HttpContext for Stream {
         let Some(p) = self.plugin.clone() else {
             return Action::Continue;
         };
-        let now_ms = host::now_ms();
-        let mut turn = p.turn.get();
-        let choice = choice::choose(
-            &p.config,
-            &p.rules,
-            &p.keys,
-            &SharedData,
-            now_ms,
-            &mut turn,
-            &p.missing.borrow(),
-        );
-        p.turn.set(turn);
+        let choice = {
+            let mut worker = p.worker.borrow_mut();
+            choice::choose(
+                &p.config,
+                &p.rules,
+                &p.keys,
+                &SharedData,
+                &mut || p.now(),
+                &mut worker,
+            )
+        };
         match choice {
             Choice::Route {
                 vendor,
@@ -431,7 +487,7 @@ impl HttpContext for Stream {
                     p.announce(vendor, t);
                 }
                 if forced {
-                    host::increment_metric(p.stats.all_down, 1);
+                    metrics::add(p.stats.all_down, 1);
                 }
                 let cluster = p
                     .config
@@ -457,9 +513,9 @@ impl HttpContext for Stream {
                 });
                 Action::Continue
             }
-            Choice::Reject { due } => {
-                host::increment_metric(p.stats.all_down, 1);
-                host::increment_metric(p.stats.rejected, 1);
+            Choice::Reject { due, now_ms } => {
+                metrics::add(p.stats.all_down, 1);
+                metrics::add(p.stats.rejected, 1);
                 let r = reply::all_vendors_down(&p.config, &due, now_ms);
                 let retry_after = r.retry_after_s.to_string();
                 let headers: [(&str, &[u8]); 2] = [
@@ -509,7 +565,6 @@ impl HttpContext for Stream {
             return;
         };
         let vendor = routed.vendor;
-        let now_ms = host::now_ms();
         // A 2xx answer that reached its end went right all the way: Envoy's
         // flags can add nothing, so the common case skips reading them.
         let clean = self.complete && self.status.is_some_and(|s| (200..300).contains(&s));
@@ -534,14 +589,14 @@ impl HttpContext for Stream {
         }
         if let Some(s) = p.vendor_stats.get(vendor) {
             if let Outcome::Failure(reason) = outcome {
-                host::increment_metric(s.failures, 1);
+                metrics::add(s.failures, 1);
                 log::debug!(
                     "vendor {}: failure ({reason}, flags {flags:#x})",
                     p.vendor_name(vendor)
                 );
             }
             if routed.forced {
-                host::increment_metric(s.forced, 1);
+                metrics::add(s.forced, 1);
             }
         }
         if outcome == Outcome::Failure(classify::Reason::NoCluster) {
@@ -553,20 +608,24 @@ impl HttpContext for Stream {
             match verdict {
                 Verdict::Neutral => return,
                 Verdict::Success if ticket.quiet => {
-                    let bucket = now_ms / p.rules.window.bucket_ms.max(1);
+                    // No clock read: the worker's latest reading places it.
+                    let bucket = p.clock_ms.get() / p.rules.window.bucket_ms.max(1);
                     let full = p
                         .batches
                         .borrow_mut()
                         .get_mut(vendor)
                         .is_some_and(|b| b.add(ticket.generation, bucket));
                     if full {
-                        p.write(vendor, |_| None);
+                        p.write(vendor, p.now(), |_| None);
                     }
                     return;
                 }
                 _ => {}
             }
         }
-        p.write(vendor, |st| st.record(now_ms, verdict, ticket, &p.rules));
+        let now_ms = p.now();
+        p.write(vendor, now_ms, |st| {
+            st.record(now_ms, verdict, ticket, &p.rules)
+        });
     }
 }

@@ -197,12 +197,20 @@ impl VendorState {
         }
     }
 
+    /// Closed, with no failure in the window and no run of failures: see
+    /// `Ticket::quiet`.
+    pub fn is_quiet(&self, now_ms: u64) -> bool {
+        self.phase == Phase::Closed
+            && self.consecutive_failures == 0
+            && self.window.totals(now_ms).failures == 0
+    }
+
     pub fn availability(&self, now_ms: u64, rules: &Rules) -> Availability {
         match self.phase {
             Phase::Closed => Availability::Open(Ticket {
                 generation: self.generation,
                 probe: false,
-                quiet: self.consecutive_failures == 0 && self.window.totals(now_ms).failures == 0,
+                quiet: self.is_quiet(now_ms),
             }),
             Phase::Open { until_ms } if now_ms < until_ms => {
                 Availability::Unavailable { due_ms: until_ms }

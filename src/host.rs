@@ -64,6 +64,17 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+    fn proxy_register_shared_queue(
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_dequeue_shared_queue(
+        queue_id: u32,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
     fn proxy_define_metric(
         metric_type: u32,
         name_data: *const u8,
@@ -254,6 +265,32 @@ pub fn send_response(status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Hos
             -1,
         )
     })
+}
+
+/// Registers this VM's shared queue `name`; returns its process-wide token.
+pub fn register_queue(name: &str) -> HostResult<u32> {
+    let mut id: u32 = 0;
+    // SAFETY: name is a live &str; the host writes one u32.
+    check(unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn enqueue(token: u32, value: &[u8]) -> HostResult<()> {
+    // SAFETY: pointer and length describe a live slice.
+    check(unsafe { proxy_enqueue_shared_queue(token, value.as_ptr(), value.len()) })
+}
+
+/// The next message on one of this VM's queues; `None` when it is empty.
+pub fn dequeue(token: u32) -> HostResult<Option<Vec<u8>>> {
+    const EMPTY: u32 = 7;
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host fills data/size from our allocator on success.
+    match unsafe { proxy_dequeue_shared_queue(token, &mut data, &mut size) } {
+        OK => Ok(unsafe { take_buffer(data, size) }.or(Some(Vec::new()))),
+        EMPTY | NOT_FOUND => Ok(None),
+        status => Err(HostError(status)),
+    }
 }
 
 /// Envoy's shared data: one map per process, seen by every worker.

@@ -1,5 +1,5 @@
 //! llm-failover: an Envoy proxy-wasm filter that keeps LLM traffic on a
-//! healthy vendor. Every module except `filter` and `host` is pure logic that
+//! healthy vendor. Every module except `filter`, `host` and `metrics` is pure logic that
 //! never touches the proxy: time and the shared store are passed in, so the
 //! whole decision path is unit-tested on the host.
 
@@ -9,14 +9,18 @@ pub mod classify;
 pub mod codec;
 pub mod config;
 pub mod health;
+pub mod notify;
 pub mod reply;
 pub mod store;
+pub mod view;
 pub mod window;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
 #[cfg(target_arch = "wasm32")]
 mod host;
+#[cfg(target_arch = "wasm32")]
+mod metrics;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

@@ -169,6 +169,27 @@ where
     Err(StoreError::Contended)
 }
 
+/// Compare-and-swap update of a plain byte value: `step` gets the current
+/// value (`None` if the key does not exist) and returns the new one and a
+/// result. Used for the small bookkeeping keys beside vendor state.
+pub fn update_bytes<S, R, F>(store: &S, key: &str, mut step: F) -> Result<R, StoreError>
+where
+    S: Store + ?Sized,
+    F: FnMut(Option<&[u8]>) -> (Vec<u8>, R),
+{
+    for _ in 0..MAX_ATTEMPTS {
+        let current = store.get(key)?;
+        let (value, result) = step(current.as_ref().map(|(v, _)| v.as_slice()));
+        let cas = current.map_or(0, |(_, cas)| cas);
+        match store.set(key, &value, cas) {
+            Ok(()) => return Ok(result),
+            Err(StoreError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Contended)
+}
+
 type Hook = Box<dyn FnOnce(&MemoryStore)>;
 
 /// In-memory `Store` for tests. Tokens start at 1 and grow with every write,
@@ -350,6 +371,23 @@ mod tests {
         add_success(&store, &key);
         assert!(!create_if_missing(&store, &key, SPEC).unwrap());
         assert_eq!(successes(&store, &key), 1);
+    }
+
+    #[test]
+    fn byte_update_retries_like_the_state_update() {
+        let store = MemoryStore::new();
+        let bump = |s: &MemoryStore| {
+            update_bytes(s, "n", |v| {
+                let n = v.and_then(|b| b.first().copied()).unwrap_or(0) + 1;
+                (vec![n], n)
+            })
+            .unwrap()
+        };
+        assert_eq!(bump(&store), 1);
+        store.before_next_set(move |s| {
+            bump(s);
+        });
+        assert_eq!(bump(&store), 3, "recomputed after the racing write");
     }
 
     #[test]

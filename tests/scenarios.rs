@@ -9,7 +9,7 @@
     clippy::panic
 )]
 
-use llm_failover::choice::{choose, Choice};
+use llm_failover::choice::{choose, Choice, Worker};
 use llm_failover::classify::{classify, Outcome};
 use llm_failover::config::Config;
 use llm_failover::health::{PhaseKind, Rules, Transition};
@@ -20,7 +20,7 @@ struct Sim {
     rules: Rules,
     keys: Vec<String>,
     store: MemoryStore,
-    turns: Vec<u64>,
+    workers: Vec<Worker>,
     transitions: Vec<(u64, String, Transition)>,
 }
 
@@ -38,7 +38,7 @@ impl Sim {
             rules,
             keys,
             store: MemoryStore::new(),
-            turns: vec![0; workers],
+            workers: (0..workers).map(|_| Worker::new(3)).collect(),
             transitions: vec![],
         }
     }
@@ -55,9 +55,8 @@ impl Sim {
             &self.rules,
             &self.keys,
             &self.store,
-            now,
-            &mut self.turns[worker],
-            &[],
+            &mut || now,
+            &mut self.workers[worker],
         );
         let Choice::Route {
             vendor,
@@ -79,6 +78,13 @@ impl Sim {
                 s.record(now, outcome.verdict(), ticket, &rules)
             })
             .unwrap();
+            // What the glue broadcasts: a phase change or a first failure
+            // makes every worker drop its copy of the vendor.
+            if done.result.is_some() || !done.state.is_quiet(now) {
+                for w in &mut self.workers {
+                    w.view.forget(vendor);
+                }
+            }
             if let Some(t) = done.result {
                 self.transitions.push((now, name.clone(), t));
             }

@@ -109,6 +109,28 @@ def test_failing_primary_is_ejected_within_the_trip_volume_and_returns_after_rec
     print(f"\n[{status}] trip volume 5 requests; ejected after {eject_time:.3f}s; back {returned_in:.2f}s after heal")
 
 
+def test_ejection_reaches_every_worker_at_once(vendors, make_envoy):
+    """A new connection per request spreads requests over both workers: once
+    one worker trips the vendor, the other stops sending to it too (it is told
+    through its shared queue, not on its next tick)."""
+    envoy = make_envoy(refresh_interval="60s")  # no tick to help
+    for _ in range(20):
+        c = Client(envoy.port)
+        assert served_by(c.chat()[1]) == "anthropic"
+        c.close()
+    vendors.set_fault("anthropic", mode="status", status=503)
+    before = seen(vendors, "anthropic")
+    served = []
+    for _ in range(40):
+        c = Client(envoy.port)
+        served.append(served_by(c.chat()[1]))
+        c.close()
+    assert seen(vendors, "anthropic") - before == 5, served
+    assert served[5:] == ["openai"] * 35
+    workers = {k: v for k, v in envoy.stats().items() if k.endswith("downstream_cx_total") and ".worker_" in k}
+    assert len([v for v in workers.values() if v > 5]) >= 2, workers
+
+
 def test_trip_by_failure_ratio(vendors, make_envoy, client_for):
     """Every other request fails: the consecutive rule never fires, the ratio does."""
     envoy = make_envoy(trip={"min_requests": 10, "failure_ratio": 0.5, "consecutive_failures": 0})

@@ -1,0 +1,55 @@
+//! A worker's copy of each vendor's shared state, so that routing a request
+//! to a healthy vendor reads no shared data.
+//!
+//! Only a phase change or a vendor's first failure can change where a
+//! request should go, and whoever makes such a change with compare-and-swap
+//! tells every worker at once (the glue sends the vendor's key on each
+//! worker's shared queue; the worker then drops its copy). On top of that,
+//! each worker re-reads every vendor on its tick, and anything that is not
+//! plainly closed (an ejection that may have run out, half-open probing) is
+//! always read afresh. A copy is therefore at most one notification behind.
+
+use crate::health::VendorState;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    pub state: VendorState,
+    /// `Ticket::quiet` as of when the copy was taken.
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    vendors: Vec<Option<Cached>>,
+}
+
+impl View {
+    pub fn new(vendors: usize) -> Self {
+        View {
+            vendors: vec![None; vendors],
+        }
+    }
+
+    pub fn get(&self, vendor: usize) -> Option<&Cached> {
+        self.vendors.get(vendor).and_then(Option::as_ref)
+    }
+
+    /// Keeps a copy of `state` as read or written at `now_ms`.
+    pub fn put(&mut self, vendor: usize, state: VendorState, now_ms: u64) {
+        if let Some(slot) = self.vendors.get_mut(vendor) {
+            let quiet = state.is_quiet(now_ms);
+            *slot = Some(Cached { state, quiet });
+        }
+    }
+
+    /// Drops a copy, so the next request reads shared data.
+    pub fn forget(&mut self, vendor: usize) {
+        if let Some(slot) = self.vendors.get_mut(vendor) {
+            *slot = None;
+        }
+    }
+
+    pub fn forget_all(&mut self) {
+        self.vendors.iter_mut().for_each(|v| *v = None);
+    }
+}
