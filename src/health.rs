@@ -144,19 +144,32 @@ pub struct Transition {
     /// For a change to open: how long the ejection lasts.
     pub ejected_for_ms: Option<u64>,
     pub level: u32,
+    /// Around half-open: probe successes so far, and how many close it.
+    pub probes: (u32, u32),
 }
 
 impl fmt::Display for Transition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} -> {} (window: {} requests, {} failures; {} consecutive failures",
-            self.from,
-            self.to,
-            self.totals.requests(),
-            self.totals.failures,
-            self.consecutive_failures
-        )?;
+        write!(f, "{} -> {} (", self.from, self.to)?;
+        let (done, needed) = self.probes;
+        match (self.from, self.to) {
+            (PhaseKind::Open, PhaseKind::HalfOpen) => {
+                write!(f, "ejection over; {needed} successful probes close it")?
+            }
+            (PhaseKind::HalfOpen, PhaseKind::Closed) => {
+                write!(f, "{done} of {needed} probes succeeded")?
+            }
+            (PhaseKind::HalfOpen, _) => {
+                write!(f, "a probe failed after {done} of {needed} successes")?
+            }
+            _ => write!(
+                f,
+                "window: {} requests, {} failures; {} consecutive failures",
+                self.totals.requests(),
+                self.totals.failures,
+                self.consecutive_failures
+            )?,
+        }
         if let Some(ms) = self.ejected_for_ms {
             write!(f, "; ejected for {} ms, back-off level {}", ms, self.level)?;
         }
@@ -246,7 +259,9 @@ impl VendorState {
             if now_ms < until_ms {
                 return None;
             }
-            transition = Some(self.transition(PhaseKind::Open, now_ms, None));
+            let mut t = self.transition(PhaseKind::Open, now_ms, None);
+            t.probes = (0, rules.recovery.successes);
+            transition = Some(t);
             self.enter(Phase::HalfOpen {
                 taken: 0,
                 successes: 0,
@@ -335,7 +350,8 @@ impl VendorState {
                     Verdict::Success => {
                         let successes = successes + 1;
                         if successes >= rules.recovery.successes {
-                            let t = self.transition(PhaseKind::HalfOpen, now_ms, None);
+                            let mut t = self.transition(PhaseKind::HalfOpen, now_ms, None);
+                            t.probes = (successes, rules.recovery.successes);
                             self.enter(Phase::Closed);
                             self.closed_at_ms = now_ms;
                             self.consecutive_failures = 0;
@@ -390,6 +406,9 @@ impl VendorState {
         let duration = ejection_ms(b, self.level);
         let from = self.phase.kind();
         let mut t = self.transition(from, now_ms, Some(duration));
+        if let Phase::HalfOpen { successes, .. } = self.phase {
+            t.probes = (successes, rules.recovery.successes);
+        }
         t.level = self.level;
         self.level = self.level.saturating_add(1).min(40);
         self.ejections = self.ejections.wrapping_add(1);
@@ -413,6 +432,7 @@ impl VendorState {
             consecutive_failures: self.consecutive_failures,
             ejected_for_ms,
             level: self.level,
+            probes: (0, 0),
         }
     }
 
@@ -797,6 +817,30 @@ mod tests {
             served < 3_000,
             "{served} requests reached a coin-flip vendor"
         );
+    }
+
+    #[test]
+    fn state_change_lines_carry_their_figures() {
+        let r = rules();
+        let mut s = fresh();
+        let t = trip(&mut s, 0);
+        assert_eq!(
+            t.to_string(),
+            "closed -> open (window: 5 requests, 5 failures; 5 consecutive failures; ejected for 30000 ms, back-off level 0)"
+        );
+        let (p, t) = s.claim_probe(30_000, &r).unwrap();
+        assert_eq!(
+            t.unwrap().to_string(),
+            "open -> half-open (ejection over; 3 successful probes close it)"
+        );
+        s.record(30_000, Verdict::Success, p, &r);
+        let (p, _) = s.claim_probe(30_000, &r).unwrap();
+        let t = s.record(30_000, Verdict::Failure, p, &r).unwrap();
+        assert_eq!(
+            t.to_string(),
+            "half-open -> open (a probe failed after 1 of 3 successes; ejected for 60000 ms, back-off level 1)"
+        );
+        close(&mut s, 90_000);
     }
 
     #[test]
