@@ -127,11 +127,21 @@ pub fn choose<S: Store + ?Sized>(
             };
             let candidate = match worker.view.get(vendor) {
                 Some(c) if c.state.phase == Phase::Closed => {
-                    Some(Candidate::Healthy(Some(Ticket {
-                        generation: c.state.generation,
-                        probe: false,
-                        quiet: c.quiet,
-                    })))
+                    // A rate limit holds until its reset, like an ejection.
+                    let until = c.state.cooldown_until_ms;
+                    if until != 0 && clock.now() < until {
+                        due.push(Due {
+                            vendor,
+                            due_ms: until,
+                        });
+                        None
+                    } else {
+                        Some(Candidate::Healthy(Some(Ticket {
+                            generation: c.state.generation,
+                            probe: false,
+                            quiet: c.quiet,
+                        })))
+                    }
                 }
                 // An ejection cannot end early: until it runs out, the copy holds.
                 Some(c) if matches!(c.state.phase, Phase::Open { until_ms } if clock.now() < until_ms) =>
@@ -629,6 +639,22 @@ mod tests {
         ));
         worker.view.forget(0); // the notification
         assert_eq!(w.name(&w.choose_cached(2, &mut worker)), "openai");
+    }
+
+    #[test]
+    fn a_rate_limited_vendor_is_skipped_until_its_reset_from_the_copy_too() {
+        let w = World::new(THREE);
+        let key = w.keys[0].clone();
+        update(&w.store, &key, w.rules.window, |s| {
+            s.cooldown_until_ms = 2_000;
+        })
+        .unwrap();
+        let mut worker = w.worker();
+        assert_eq!(w.name(&w.choose_cached(1_000, &mut worker)), "openai");
+        let reads = w.store.reads.get();
+        assert_eq!(w.name(&w.choose_cached(1_999, &mut worker)), "openai");
+        assert_eq!(w.name(&w.choose_cached(2_000, &mut worker)), "anthropic");
+        assert_eq!(w.store.reads.get(), reads, "judged from the copy");
     }
 
     #[test]

@@ -1,13 +1,26 @@
-//! Response classification: what a finished request says about its vendor.
+//! Response classification: what a finished request says about its vendor,
+//! and why.
 //!
-//! Inputs are what Envoy reports when the stream ends: the response status
-//! (absent if none was sent) and the stream's response flags, which carry
-//! Envoy's own verdict on connect failures, resets and timeouts. Upstream
-//! failure flags win over the status, because Envoy's local reply for them
-//! (503/504) says less than the flag.
+//! Inputs are what the filter saw of the answer: its status, Envoy's
+//! response flags (Envoy's own verdict on connect failures, resets and
+//! timeouts), how a streamed answer ended, the rate-limit headers of a 429,
+//! and its timing. The order of the rules is the taxonomy table in the
+//! README:
+//!
+//! 1. Envoy says the upstream failed (connect failure, reset, timeout, ...):
+//!    failure, whatever the status.
+//! 2. The client went away first: neutral.
+//! 3. An error inside a 200 stream, or a stream cut before its end marker:
+//!    failure.
+//! 4. 429: rate limited (skipped until its reset; not a failure).
+//! 5. A status in `failure_statuses`: failure. Any other 4xx or 5xx is the
+//!    client's doing (bad request, unknown model, too large, context length
+//!    exceeded, content policy): neutral.
+//! 6. Otherwise it worked; slow if it broke a slowness limit.
 
-use crate::config::StatusSet;
+use crate::config::{SlowLimits, StatusSet};
 use crate::health::Verdict;
+use crate::sse::Ending;
 use std::fmt;
 
 /// Envoy's response flag bits (`response.flags`, the access log's
@@ -46,11 +59,20 @@ pub mod flags {
 /// Why a request counted as a vendor failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// A status from `failure_statuses`.
+    /// A status from `failure_statuses` other than the ones below.
     Status(u16),
+    /// 401 or 403: the vendor refused the key.
+    Auth(u16),
     ConnectFailure,
     Reset,
+    /// No answer in time: Envoy's route timeout, or the vendor's 408.
     Timeout,
+    /// The answer started, then went silent past Envoy's idle timeout.
+    Stalled,
+    /// The vendor reported an error inside a 200 stream.
+    StreamError,
+    /// A stream ended before its end marker.
+    Truncated,
     /// Envoy's own circuit breaker for the vendor's cluster is full.
     Overflow,
     NoHealthyHost,
@@ -59,25 +81,67 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 11] = [
+        Reason::Status(0),
+        Reason::Auth(0),
+        Reason::ConnectFailure,
+        Reason::Reset,
+        Reason::Timeout,
+        Reason::Stalled,
+        Reason::StreamError,
+        Reason::Truncated,
+        Reason::Overflow,
+        Reason::NoHealthyHost,
+        Reason::NoCluster,
+    ];
+
     /// Stable short name for logs and stats.
     pub fn name(&self) -> &'static str {
         match self {
             Reason::Status(_) => "status",
+            Reason::Auth(_) => "auth",
             Reason::ConnectFailure => "connect_failure",
             Reason::Reset => "reset",
             Reason::Timeout => "timeout",
+            Reason::Stalled => "stalled",
+            Reason::StreamError => "stream_error",
+            Reason::Truncated => "truncated",
             Reason::Overflow => "overflow",
             Reason::NoHealthyHost => "no_healthy_host",
             Reason::NoCluster => "no_cluster",
         }
+    }
+
+    /// Position in `ALL`, for per-reason stats.
+    pub fn index(&self) -> usize {
+        Reason::ALL
+            .iter()
+            .position(|r| r.name() == self.name())
+            .unwrap_or(0)
     }
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Status(s) => write!(f, "status {s}"),
+            Reason::Status(s) | Reason::Auth(s) => write!(f, "{} {s}", self.name()),
             other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Why a request that worked counted as slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slowness {
+    FirstByte,
+    Stall,
+}
+
+impl Slowness {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Slowness::FirstByte => "slow_first_byte",
+            Slowness::Stall => "stalled_stream",
         }
     }
 }
@@ -85,29 +149,74 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
+    Slow(Slowness),
     Failure(Reason),
-    /// Says nothing about the vendor: the client went away first.
-    Neutral,
+    /// 429: skip the vendor for this long (`None`: it did not say).
+    RateLimited(Option<u64>),
+    /// Says nothing about the vendor: a client error (the status), or the
+    /// client went away (`None`).
+    Neutral(Option<u16>),
 }
 
 impl Outcome {
     pub fn verdict(&self) -> Verdict {
         match self {
             Outcome::Success => Verdict::Success,
+            Outcome::Slow(_) => Verdict::Slow,
             Outcome::Failure(_) => Verdict::Failure,
-            Outcome::Neutral => Verdict::Neutral,
+            Outcome::RateLimited(ms) => Verdict::RateLimited {
+                retry_after_ms: *ms,
+            },
+            Outcome::Neutral(_) => Verdict::Neutral,
         }
     }
 }
 
-/// Judges a finished request from its status and Envoy's response flags.
-pub fn classify(status: Option<u16>, response_flags: u64, failure_statuses: &StatusSet) -> Outcome {
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Success => f.write_str("success"),
+            Outcome::Slow(s) => write!(f, "slow ({})", s.name()),
+            Outcome::Failure(r) => write!(f, "failure ({r})"),
+            Outcome::RateLimited(Some(ms)) => write!(f, "rate limited for {ms} ms"),
+            Outcome::RateLimited(None) => f.write_str("rate limited (no reset given)"),
+            Outcome::Neutral(Some(s)) => write!(f, "client error {s}"),
+            Outcome::Neutral(None) => f.write_str("client went away"),
+        }
+    }
+}
+
+/// What the filter saw of one finished request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub status: Option<u16>,
+    pub flags: u64,
+    /// How a scanned stream ended.
+    pub stream: Option<Ending>,
+    /// For a 429: the wait its headers asked for.
+    pub retry_after_ms: Option<u64>,
+    /// From the request to the first byte of the answer's body.
+    pub first_byte_ms: Option<u64>,
+    /// The longest silence between two chunks of a streamed answer.
+    pub max_gap_ms: Option<u64>,
+}
+
+/// Judges a finished request.
+pub fn classify(seen: &Observed, failure_statuses: &StatusSet, slow: &SlowLimits) -> Outcome {
     use flags::*;
-    let has = |bits: u64| response_flags & bits != 0;
+    let has = |bits: u64| seen.flags & bits != 0;
     if has(UPSTREAM_CONNECTION_FAILURE | DNS_RESOLUTION_FAILED) {
         return Outcome::Failure(Reason::ConnectFailure);
     }
-    if has(UPSTREAM_REQUEST_TIMEOUT | STREAM_IDLE_TIMEOUT | UPSTREAM_MAX_STREAM_DURATION) {
+    if has(STREAM_IDLE_TIMEOUT) {
+        // Silent before any answer is a timeout; silent mid-answer a stall.
+        return Outcome::Failure(if seen.status.is_some() {
+            Reason::Stalled
+        } else {
+            Reason::Timeout
+        });
+    }
+    if has(UPSTREAM_REQUEST_TIMEOUT | UPSTREAM_MAX_STREAM_DURATION) {
         return Outcome::Failure(Reason::Timeout);
     }
     if has(UPSTREAM_REMOTE_RESET | UPSTREAM_CONNECTION_TERMINATION | UPSTREAM_PROTOCOL_ERROR) {
@@ -122,18 +231,41 @@ pub fn classify(status: Option<u16>, response_flags: u64, failure_statuses: &Sta
     if has(NO_CLUSTER_FOUND) {
         return Outcome::Failure(Reason::NoCluster);
     }
-    let client_left = has(DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET);
-    if client_left {
-        return Outcome::Neutral;
+    if has(DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET) {
+        return Outcome::Neutral(None);
     }
     if has(LOCAL_RESET) {
         return Outcome::Failure(Reason::Reset);
     }
-    match status {
-        Some(s) if failure_statuses.contains(s) => Outcome::Failure(Reason::Status(s)),
-        Some(_) => Outcome::Success,
-        None => Outcome::Neutral,
+    match &seen.stream {
+        Some(Ending::Error(_)) => return Outcome::Failure(Reason::StreamError),
+        Some(Ending::Truncated) => return Outcome::Failure(Reason::Truncated),
+        _ => {}
     }
+    let Some(status) = seen.status else {
+        return Outcome::Neutral(None);
+    };
+    if status == 429 {
+        return Outcome::RateLimited(seen.retry_after_ms);
+    }
+    if failure_statuses.contains(status) {
+        return Outcome::Failure(match status {
+            401 | 403 => Reason::Auth(status),
+            408 => Reason::Timeout,
+            s => Reason::Status(s),
+        });
+    }
+    if status >= 400 {
+        return Outcome::Neutral(Some(status));
+    }
+    let over = |value: Option<u64>, limit: Option<u64>| matches!((value, limit), (Some(v), Some(l)) if v > l);
+    if over(seen.first_byte_ms, slow.first_byte_ms) {
+        return Outcome::Slow(Slowness::FirstByte);
+    }
+    if over(seen.max_gap_ms, slow.stall_ms) {
+        return Outcome::Slow(Slowness::Stall);
+    }
+    Outcome::Success
 }
 
 #[cfg(test)]
@@ -141,21 +273,70 @@ mod tests {
     use super::flags::*;
     use super::*;
     use crate::config::DEFAULT_FAILURE_STATUSES;
+    use crate::sse::StreamError;
+
+    const LIMITS: SlowLimits = SlowLimits {
+        first_byte_ms: Some(1_000),
+        stall_ms: Some(500),
+        ratio: 1.0,
+    };
 
     fn judge(status: Option<u16>, f: u64) -> Outcome {
-        classify(status, f, &StatusSet::new(&DEFAULT_FAILURE_STATUSES))
+        let seen = Observed {
+            status,
+            flags: f,
+            ..Observed::default()
+        };
+        classify(&seen, &StatusSet::new(&DEFAULT_FAILURE_STATUSES), &LIMITS)
+    }
+
+    fn judge_seen(seen: Observed) -> Outcome {
+        classify(&seen, &StatusSet::new(&DEFAULT_FAILURE_STATUSES), &LIMITS)
+    }
+
+    /// The README's taxonomy table, status by status.
+    #[test]
+    fn default_status_table() {
+        for s in [500, 502, 503, 504, 529] {
+            assert_eq!(
+                judge(Some(s), 0),
+                Outcome::Failure(Reason::Status(s)),
+                "{s}"
+            );
+        }
+        assert_eq!(judge(Some(401), 0), Outcome::Failure(Reason::Auth(401)));
+        assert_eq!(judge(Some(403), 0), Outcome::Failure(Reason::Auth(403)));
+        assert_eq!(judge(Some(408), 0), Outcome::Failure(Reason::Timeout));
+        assert_eq!(judge(Some(429), 0), Outcome::RateLimited(None));
+        for s in [400, 404, 405, 409, 413, 415, 422, 501, 505] {
+            assert_eq!(judge(Some(s), 0), Outcome::Neutral(Some(s)), "{s}");
+        }
+        for s in [200, 201, 204, 301, 304] {
+            assert_eq!(judge(Some(s), 0), Outcome::Success, "{s}");
+        }
     }
 
     #[test]
-    fn default_failure_statuses() {
-        for s in [500, 502, 503, 504, 529] {
-            assert_eq!(judge(Some(s), 0), Outcome::Failure(Reason::Status(s)));
-        }
-        for s in [
-            200, 201, 204, 301, 400, 401, 403, 404, 413, 422, 429, 501, 505,
-        ] {
-            assert_eq!(judge(Some(s), 0), Outcome::Success, "{s}");
-        }
+    fn auth_statuses_can_be_made_neutral() {
+        let without_auth = StatusSet::new(&[500, 502, 503, 504, 529]);
+        let seen = Observed {
+            status: Some(401),
+            ..Observed::default()
+        };
+        assert_eq!(
+            classify(&seen, &without_auth, &LIMITS),
+            Outcome::Neutral(Some(401))
+        );
+    }
+
+    #[test]
+    fn rate_limit_carries_the_wait() {
+        let seen = Observed {
+            status: Some(429),
+            retry_after_ms: Some(2_000),
+            ..Observed::default()
+        };
+        assert_eq!(judge_seen(seen), Outcome::RateLimited(Some(2_000)));
     }
 
     #[test]
@@ -189,8 +370,12 @@ mod tests {
             Outcome::Failure(Reason::NoCluster)
         );
         assert_eq!(
-            judge(Some(408), STREAM_IDLE_TIMEOUT),
+            judge(None, STREAM_IDLE_TIMEOUT),
             Outcome::Failure(Reason::Timeout)
+        );
+        assert_eq!(
+            judge(Some(200), STREAM_IDLE_TIMEOUT),
+            Outcome::Failure(Reason::Stalled)
         );
     }
 
@@ -207,28 +392,82 @@ mod tests {
     }
 
     #[test]
+    fn what_a_stream_said_counts() {
+        let stream = |e: Ending| Observed {
+            status: Some(200),
+            stream: Some(e),
+            ..Observed::default()
+        };
+        let error = Ending::Error(StreamError {
+            kind: "overloaded_error".into(),
+        });
+        assert_eq!(
+            judge_seen(stream(error)),
+            Outcome::Failure(Reason::StreamError)
+        );
+        assert_eq!(
+            judge_seen(stream(Ending::Truncated)),
+            Outcome::Failure(Reason::Truncated)
+        );
+        assert_eq!(judge_seen(stream(Ending::Complete)), Outcome::Success);
+        assert_eq!(judge_seen(stream(Ending::Unknown)), Outcome::Success);
+    }
+
+    #[test]
+    fn slowness_limits_are_exclusive_and_optional() {
+        let timed = |first, gap| Observed {
+            status: Some(200),
+            first_byte_ms: first,
+            max_gap_ms: gap,
+            ..Observed::default()
+        };
+        assert_eq!(judge_seen(timed(Some(1_000), Some(500))), Outcome::Success);
+        assert_eq!(
+            judge_seen(timed(Some(1_001), None)),
+            Outcome::Slow(Slowness::FirstByte)
+        );
+        assert_eq!(
+            judge_seen(timed(Some(10), Some(501))),
+            Outcome::Slow(Slowness::Stall)
+        );
+        let off = SlowLimits {
+            first_byte_ms: None,
+            stall_ms: None,
+            ratio: 1.0,
+        };
+        let seen = timed(Some(99_999), Some(99_999));
+        assert_eq!(
+            classify(&seen, &StatusSet::new(&[500]), &off),
+            Outcome::Success
+        );
+    }
+
+    #[test]
     fn the_flag_wins_even_when_the_status_is_not_a_failure_status() {
         let only_500 = StatusSet::new(&[500]);
+        let seen = Observed {
+            status: Some(503),
+            flags: UPSTREAM_CONNECTION_FAILURE,
+            ..Observed::default()
+        };
         assert_eq!(
-            classify(Some(503), UPSTREAM_CONNECTION_FAILURE, &only_500),
+            classify(&seen, &only_500, &LIMITS),
             Outcome::Failure(Reason::ConnectFailure)
         );
-        assert_eq!(classify(Some(503), 0, &only_500), Outcome::Success);
     }
 
     #[test]
     fn a_client_that_leaves_says_nothing_about_the_vendor() {
         assert_eq!(
             judge(Some(200), DOWNSTREAM_CONNECTION_TERMINATION),
-            Outcome::Neutral
+            Outcome::Neutral(None)
         );
-        assert_eq!(judge(None, DOWNSTREAM_REMOTE_RESET), Outcome::Neutral);
-        // Envoy resets the upstream itself when the client leaves.
+        assert_eq!(judge(None, DOWNSTREAM_REMOTE_RESET), Outcome::Neutral(None));
         assert_eq!(
             judge(None, DOWNSTREAM_CONNECTION_TERMINATION | LOCAL_RESET),
-            Outcome::Neutral
+            Outcome::Neutral(None)
         );
-        assert_eq!(judge(None, 0), Outcome::Neutral);
+        assert_eq!(judge(None, 0), Outcome::Neutral(None));
     }
 
     #[test]
@@ -240,5 +479,12 @@ mod tests {
             ),
             Outcome::Failure(Reason::Reset)
         );
+    }
+
+    #[test]
+    fn reason_names_are_unique_and_indexed() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Fixed little-endian layout, a format version and a checksum: a blob from
 //! another layout, another window shape or a corrupted write is detected and
-//! replaced by a fresh state, never trusted. 60 bytes plus 8 per bucket
-//! (140 bytes for the default 10 buckets).
+//! replaced by a fresh state, never trusted. 68 bytes plus 12 per bucket
+//! (192 bytes for the default 10 buckets).
 //!
 //! ```text
 //!  0  magic "LF", format version (u8)
@@ -11,8 +11,9 @@
 //!  4  generation, level, consecutive failures, ejections (u32 each)
 //! 20  closed_at_ms (u64)
 //! 28  phase data: until_ms / last_probe_ms (u64), taken, successes (u32)
-//! 44  window: bucket_ms (u32), buckets (u32), head (u64)
-//! 60  buckets: successes, failures (u32 each)
+//! 44  rate-limit cooldown until (u64)
+//! 52  window: bucket_ms (u32), buckets (u32), head (u64)
+//! 68  buckets: successes, failures, slow (u32 each)
 //!  .  FNV-1a 32 of everything before it (u32)
 //! ```
 
@@ -21,9 +22,9 @@ use crate::health::{Phase, VendorState};
 use crate::window::{Bucket, Window};
 use std::fmt;
 
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 const MAGIC: [u8; 2] = *b"LF";
-const HEADER_LEN: usize = 60;
+const HEADER_LEN: usize = 68;
 
 /// Why a stored blob was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +51,7 @@ impl fmt::Display for DecodeError {
 }
 
 pub fn encoded_len(buckets: u32) -> usize {
-    HEADER_LEN + 8 * buckets as usize + 4
+    HEADER_LEN + 12 * buckets as usize + 4
 }
 
 pub fn encode(state: &VendorState) -> Vec<u8> {
@@ -80,12 +81,14 @@ pub fn encode(state: &VendorState) -> Vec<u8> {
     out.extend_from_slice(&a.to_le_bytes());
     out.extend_from_slice(&b.to_le_bytes());
     out.extend_from_slice(&c.to_le_bytes());
+    out.extend_from_slice(&state.cooldown_until_ms.to_le_bytes());
     out.extend_from_slice(&(spec.bucket_ms.min(u64::from(u32::MAX)) as u32).to_le_bytes());
     out.extend_from_slice(&spec.buckets.to_le_bytes());
     out.extend_from_slice(&state.window.head().to_le_bytes());
     for bucket in state.window.ring() {
         out.extend_from_slice(&bucket.successes.to_le_bytes());
         out.extend_from_slice(&bucket.failures.to_le_bytes());
+        out.extend_from_slice(&bucket.slow.to_le_bytes());
     }
     let sum = fnv1a(&out);
     out.extend_from_slice(&sum.to_le_bytes());
@@ -117,6 +120,7 @@ pub fn decode(bytes: &[u8], spec: WindowSpec) -> Result<VendorState, DecodeError
     let a = r.u64()?;
     let b = r.u32()?;
     let c = r.u32()?;
+    let cooldown_until_ms = r.u64()?;
     let phase = match tag {
         0 => Phase::Closed,
         1 => Phase::Open { until_ms: a },
@@ -141,6 +145,7 @@ pub fn decode(bytes: &[u8], spec: WindowSpec) -> Result<VendorState, DecodeError
         ring.push(Bucket {
             successes: r.u32()?,
             failures: r.u32()?,
+            slow: r.u32()?,
         });
     }
     let window =
@@ -152,6 +157,7 @@ pub fn decode(bytes: &[u8], spec: WindowSpec) -> Result<VendorState, DecodeError
         closed_at_ms,
         consecutive_failures,
         ejections,
+        cooldown_until_ms,
         window,
     })
 }
@@ -223,9 +229,11 @@ mod tests {
         s.consecutive_failures = 2;
         s.ejections = 9;
         s.closed_at_ms = 1_699_999_999_000;
+        s.cooldown_until_ms = 1_700_000_000_777;
         for i in 0..25 {
             s.window.record(1_700_000_000_000 + i * 400, i % 3 == 0);
         }
+        s.window.record_slow(1_700_000_000_000 + 9_000);
         s
     }
 
@@ -244,7 +252,7 @@ mod tests {
             s.phase = phase;
             let blob = encode(&s);
             assert_eq!(blob.len(), encoded_len(10));
-            assert_eq!(blob.len(), 144);
+            assert_eq!(blob.len(), 192);
             assert_eq!(decode(&blob, SPEC), Ok(s));
         }
     }
@@ -274,7 +282,7 @@ mod tests {
         longer.push(0);
         assert!(decode(&longer, SPEC).is_err());
         assert!(decode(b"{\"state\":\"closed\"}", SPEC).is_err());
-        assert!(decode(&[0xff; 144], SPEC).is_err());
+        assert!(decode(&[0xff; 192], SPEC).is_err());
     }
 
     #[test]

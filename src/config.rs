@@ -9,7 +9,10 @@ use std::fmt;
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-llm-failover-cluster";
 pub const DEFAULT_VENDOR_HEADER: &str = "x-llm-failover-vendor";
-pub const DEFAULT_FAILURE_STATUSES: [u16; 5] = [500, 502, 503, 504, 529];
+/// 401 and 403 mean the operator's key for the vendor was refused (an
+/// outage for the operator); 408 is the vendor's own timeout; 529 is
+/// Anthropic's "overloaded". Other 4xx are the client's doing.
+pub const DEFAULT_FAILURE_STATUSES: [u16; 8] = [401, 403, 408, 500, 502, 503, 504, 529];
 /// Upper bounds that keep the shared-data blob and the per-request work small.
 pub const MAX_VENDORS: usize = 64;
 pub const MAX_BUCKETS: u32 = 120;
@@ -48,6 +51,28 @@ pub struct TripRule {
     pub failure_ratio: f64,
     /// Failures in a row that trip the vendor; 0 turns the rule off.
     pub consecutive_failures: u32,
+    /// Slow share that trips the vendor; `None` when no slowness limit is set.
+    pub slow_ratio: Option<f64>,
+}
+
+/// When an answer that worked counts as slow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowLimits {
+    /// From the request to the first byte of the answer's body.
+    pub first_byte_ms: Option<u64>,
+    /// The longest silence between two chunks of a streamed answer.
+    pub stall_ms: Option<u64>,
+    /// Slow share (of the window's outcomes) that trips the vendor.
+    pub ratio: f64,
+}
+
+/// How long a vendor that answered 429 is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// When its headers name no reset time.
+    pub default_cooldown_ms: u64,
+    /// Cap on whatever the vendor announced.
+    pub max_cooldown_ms: u64,
 }
 
 /// How long an ejection lasts: `base * 2^level`, capped at `max`; the level
@@ -145,6 +170,8 @@ pub struct Config {
     pub ejection: Backoff,
     pub recovery: Recovery,
     pub failure_statuses: StatusSet,
+    pub slow: SlowLimits,
+    pub rate_limit: RateLimit,
     pub all_down: AllDown,
     /// How often each worker refreshes the state gauges from shared data.
     pub refresh_ms: u64,
@@ -192,7 +219,11 @@ impl Config {
         }
         let vendors = parse_vendors(&root)?;
         let window = parse_window(&root)?;
-        let trip = parse_trip(&root)?;
+        let slow = parse_slow(&root)?;
+        let mut trip = parse_trip(&root)?;
+        trip.slow_ratio =
+            (slow.first_byte_ms.is_some() || slow.stall_ms.is_some()).then_some(slow.ratio);
+        let rate_limit = parse_rate_limit(&root)?;
         let ejection = parse_ejection(&root)?;
         let recovery = parse_recovery(&root)?;
         let failure_statuses = parse_statuses(&root)?;
@@ -222,6 +253,8 @@ impl Config {
             ejection,
             recovery,
             failure_statuses,
+            slow,
+            rate_limit,
             all_down,
             refresh_ms,
         })
@@ -331,35 +364,67 @@ fn parse_trip(root: &Fields) -> Result<TripRule, ConfigError> {
         min_requests: 10,
         failure_ratio: 0.5,
         consecutive_failures: 5,
+        slow_ratio: None,
     };
     let Some(f) = root.section("trip")? else {
         return Ok(default);
     };
     let min_requests = f.integer_in("min_requests", 10, 1, 1_000_000)? as u32;
-    let failure_ratio = match f.get("failure_ratio") {
-        None => default.failure_ratio,
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(r) if r > 0.0 && r <= 1.0 => r,
-            _ => {
-                return err(
-                    &f.path("failure_ratio"),
-                    format!("must be greater than 0 and at most 1, got {n}"),
-                )
-            }
-        },
-        Some(other) => {
-            return err(
-                &f.path("failure_ratio"),
-                format!("must be a number between 0 and 1, got {}", kind(other)),
-            )
-        }
-    };
+    let failure_ratio = f.ratio("failure_ratio", default.failure_ratio)?;
     let consecutive_failures = f.integer_in("consecutive_failures", 5, 0, 1_000_000)? as u32;
     f.finish()?;
     Ok(TripRule {
         min_requests,
         failure_ratio,
         consecutive_failures,
+        slow_ratio: None,
+    })
+}
+
+fn parse_slow(root: &Fields) -> Result<SlowLimits, ConfigError> {
+    let default = SlowLimits {
+        first_byte_ms: Some(60_000),
+        stall_ms: Some(30_000),
+        ratio: 1.0,
+    };
+    let Some(f) = root.section("slow")? else {
+        return Ok(default);
+    };
+    let first_byte_ms = f.optional_duration("first_byte", default.first_byte_ms, 10, 3_600_000)?;
+    let stall_ms = f.optional_duration("stall", default.stall_ms, 10, 3_600_000)?;
+    let ratio = f.ratio("ratio", default.ratio)?;
+    f.finish()?;
+    Ok(SlowLimits {
+        first_byte_ms,
+        stall_ms,
+        ratio,
+    })
+}
+
+fn parse_rate_limit(root: &Fields) -> Result<RateLimit, ConfigError> {
+    let Some(f) = root.section("rate_limit")? else {
+        return Ok(RateLimit {
+            default_cooldown_ms: 5_000,
+            max_cooldown_ms: 60_000,
+        });
+    };
+    let default_cooldown_ms = f.duration_in("default_cooldown", 5_000, 0, 3_600_000)?;
+    let max_cooldown_ms = f.duration_in(
+        "max_cooldown",
+        60_000.max(default_cooldown_ms),
+        0,
+        86_400_000,
+    )?;
+    if max_cooldown_ms < default_cooldown_ms {
+        return err(
+            &f.path("max_cooldown"),
+            format!("({max_cooldown_ms} ms) must not be shorter than `rate_limit.default_cooldown` ({default_cooldown_ms} ms)"),
+        );
+    }
+    f.finish()?;
+    Ok(RateLimit {
+        default_cooldown_ms,
+        max_cooldown_ms,
     })
 }
 
@@ -590,6 +655,49 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A share: greater than 0, at most 1.
+    fn ratio(&self, key: &'static str, default: f64) -> Result<f64, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(r) if r > 0.0 && r <= 1.0 => Ok(r),
+                _ => err(
+                    &self.path(key),
+                    format!("must be greater than 0 and at most 1, got {n}"),
+                ),
+            },
+            Some(other) => err(
+                &self.path(key),
+                format!("must be a number between 0 and 1, got {}", kind(other)),
+            ),
+        }
+    }
+
+    /// A duration, or `"off"` / `null` for none.
+    fn optional_duration(
+        &self,
+        key: &'static str,
+        default_ms: Option<u64>,
+        min_ms: u64,
+        max_ms: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        match self.map.get(key) {
+            Some(Value::Null) => {
+                self.get(key);
+                Ok(None)
+            }
+            Some(Value::String(s)) if s == "off" => {
+                self.get(key);
+                Ok(None)
+            }
+            None => {
+                self.get(key);
+                Ok(default_ms)
+            }
+            Some(_) => self.duration_in(key, 0, min_ms, max_ms).map(Some),
+        }
+    }
+
     fn header_name(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
         let name = self.header_name_or_empty(key, default)?;
         if name.is_empty() {
@@ -671,7 +779,26 @@ mod tests {
                 probe_timeout_ms: 120_000
             }
         );
-        assert_eq!(c.failure_statuses.to_vec(), vec![500, 502, 503, 504, 529]);
+        assert_eq!(
+            c.failure_statuses.to_vec(),
+            vec![401, 403, 408, 500, 502, 503, 504, 529]
+        );
+        assert_eq!(
+            c.slow,
+            SlowLimits {
+                first_byte_ms: Some(60_000),
+                stall_ms: Some(30_000),
+                ratio: 1.0
+            }
+        );
+        assert_eq!(c.trip.slow_ratio, Some(1.0));
+        assert_eq!(
+            c.rate_limit,
+            RateLimit {
+                default_cooldown_ms: 5_000,
+                max_cooldown_ms: 60_000
+            }
+        );
         assert_eq!(c.all_down, AllDown::Soonest);
         assert_eq!(c.refresh_ms, 1_000);
     }
@@ -899,6 +1026,20 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("length"), "{e}");
+    }
+
+    #[test]
+    fn slowness_limits_can_be_turned_off() {
+        let c = parse(r#"{"vendors":[{"name":"a"}],"slow":{"first_byte":"off","stall":null}}"#)
+            .unwrap();
+        assert_eq!((c.slow.first_byte_ms, c.slow.stall_ms), (None, None));
+        assert_eq!(c.trip.slow_ratio, None, "no limit, no slow trips");
+        let c = parse(
+            r#"{"vendors":[{"name":"a"}],"slow":{"first_byte":"2s","stall":"off","ratio":0.5}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.slow.first_byte_ms, c.slow.stall_ms), (Some(2_000), None));
+        assert_eq!(c.trip.slow_ratio, Some(0.5));
     }
 
     #[test]

@@ -14,13 +14,15 @@
 
 use crate::batch::Batch;
 use crate::choice::{self, Choice, Worker};
-use crate::classify::{self, Outcome};
+use crate::classify::{self, Observed, Outcome, Reason};
 use crate::config::Config;
 use crate::health::{PhaseKind, Rules, Ticket, Transition, VendorState, Verdict};
 use crate::host::{self, SharedData, REQUEST_HEADERS, RESPONSE_HEADERS};
 use crate::metrics::{self, GlobalStats, VendorStats};
 use crate::notify;
+use crate::ratelimit;
 use crate::reply;
+use crate::sse::{self, Ending, Scanner};
 use crate::store::{self, Loaded, StoreError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -279,6 +281,7 @@ impl Plugin {
                         metrics::set(s.state, state.effective_kind(now_ms).gauge());
                         metrics::set(s.window_requests, totals.requests());
                         metrics::set(s.window_failures, totals.failures);
+                        metrics::set(s.window_slow, totals.slow);
                     }
                     self.worker.borrow_mut().view.put(vendor, state, now_ms);
                 }
@@ -431,9 +434,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
             plugin: self.plugin.clone(),
-            routed: None,
-            status: None,
-            complete: false,
+            ..Stream::default()
         }))
     }
 
@@ -450,12 +451,32 @@ struct Routed {
     forced: bool,
 }
 
+#[derive(Default)]
 struct Stream {
     plugin: Option<Rc<Plugin>>,
     routed: Option<Routed>,
     status: Option<u16>,
     /// The response reached its end (end of stream or trailers).
     complete: bool,
+    /// When the request was routed (only read if a first-byte limit is set).
+    start_ms: Option<u64>,
+    first_byte_ms: Option<u64>,
+    last_chunk_ms: Option<u64>,
+    max_gap_ms: Option<u64>,
+    /// For a 429: how long its headers asked to wait.
+    retry_after_ms: Option<u64>,
+    /// Set for a 2xx `text/event-stream` answer.
+    scanner: Option<Scanner>,
+    ending: Option<Ending>,
+}
+
+impl Stream {
+    /// Notes the first byte of the answer's body (or its end, if bodiless).
+    fn note_first_byte(&mut self, now_ms: u64) {
+        if let (None, Some(start)) = (self.first_byte_ms, self.start_ms) {
+            self.first_byte_ms = Some(now_ms.saturating_sub(start));
+        }
+    }
 }
 
 impl Context for Stream {}
@@ -535,13 +556,42 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.complete |= end_of_stream;
-        let (Some(p), Some(routed)) = (&self.plugin, self.routed) else {
+        let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
             return Action::Continue;
         };
-        self.status = host::header(RESPONSE_HEADERS, ":status")
-            .ok()
-            .flatten()
-            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()));
+        // One host call for every header: the status, and what decides how
+        // the answer is read.
+        let headers = host::header_pairs(RESPONSE_HEADERS).unwrap_or_default();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        self.status = get(":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        match self.status {
+            Some(429) => {
+                let pairs: Vec<(&str, &[u8])> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_slice()))
+                    .collect();
+                self.retry_after_ms = ratelimit::retry_after_ms(&pairs, p.now());
+            }
+            Some(200..=299)
+                if get("content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream")) =>
+            {
+                self.scanner = Some(Scanner::new());
+                // The filter may append an error event to a cut stream: a
+                // declared length would then be wrong.
+                if get("content-length").is_some() {
+                    let _ = host::remove_header(RESPONSE_HEADERS, "content-length");
+                }
+            }
+            _ => {}
+        }
+        if end_of_stream && self.start_ms.is_some() {
+            self.note_first_byte(p.now());
+        }
         if let (Some(header), Some(v)) =
             (&p.config.vendor_header, p.config.vendors.get(routed.vendor))
         {
@@ -550,8 +600,60 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.complete |= end_of_stream;
+        let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
+            return Action::Continue;
+        };
+        let timed_first_byte =
+            self.first_byte_ms.is_none() && self.start_ms.is_some() && body_size > 0;
+        if !timed_first_byte && self.scanner.is_none() {
+            return Action::Continue;
+        }
+        let now_ms = p.now();
+        if body_size > 0 {
+            self.note_first_byte(now_ms);
+        }
+        let Some(scanner) = self.scanner.as_mut() else {
+            return Action::Continue;
+        };
+        if body_size > 0 {
+            if let Some(last) = self.last_chunk_ms {
+                let gap = now_ms.saturating_sub(last);
+                self.max_gap_ms = Some(self.max_gap_ms.map_or(gap, |g| g.max(gap)));
+            }
+            self.last_chunk_ms = Some(now_ms);
+            if let Ok(Some(bytes)) = host::response_body(body_size) {
+                scanner.feed(&bytes);
+            }
+        }
+        if end_of_stream {
+            if scanner.dialect().is_none() {
+                // Nothing in the stream named its format: the request path may.
+                if let Ok(Some(path)) = host::header(REQUEST_HEADERS, ":path") {
+                    scanner.set_dialect_if_unknown(sse::dialect_for_path(&path));
+                }
+            }
+            let mid_event = scanner.mid_event();
+            let ending = scanner.finish();
+            if ending == Ending::Truncated {
+                // Never hand the client a cut stream that looks complete.
+                let vendor = p.vendor_name(routed.vendor);
+                let event = sse::truncation_event(vendor, scanner.dialect(), mid_event);
+                match host::append_response_body(body_size, &event) {
+                    Ok(()) => {
+                        if let Some(s) = p.vendor_stats.get(routed.vendor) {
+                            metrics::add(s.truncations_closed, 1);
+                        }
+                    }
+                    Err(e) => log::warn!(
+                        "cannot close a cut stream with an error event (host status {})",
+                        e.0
+                    ),
+                }
+            }
+            self.ending = Some(ending);
+        }
         Action::Continue
     }
 
@@ -583,27 +685,60 @@ impl HttpContext for Stream {
                 .and_then(|c| u16::try_from(c).ok())
                 .filter(|&c| c != 0)
         });
-        let outcome = classify::classify(status, flags, &p.config.failure_statuses);
+        // A stream that never reached its end may still have shown an error.
+        let stream = self.ending.take().or_else(|| {
+            let e = self.scanner.as_ref()?.error()?.clone();
+            Some(Ending::Error(e))
+        });
+        let seen = Observed {
+            status,
+            flags,
+            stream,
+            retry_after_ms: self.retry_after_ms,
+            first_byte_ms: self.first_byte_ms,
+            max_gap_ms: self.max_gap_ms,
+        };
+        let outcome = classify::classify(&seen, &p.config.failure_statuses, &p.config.slow);
         if let Some(n) = p.unreported.borrow_mut().get_mut(vendor) {
             *n += 1;
         }
         if let Some(s) = p.vendor_stats.get(vendor) {
-            if let Outcome::Failure(reason) = outcome {
-                metrics::add(s.failures, 1);
-                log::debug!(
-                    "vendor {}: failure ({reason}, flags {flags:#x})",
-                    p.vendor_name(vendor)
-                );
+            match outcome {
+                Outcome::Failure(reason) => {
+                    s.count_failure(reason);
+                    if let Some(Ending::Error(e)) = &seen.stream {
+                        s.count_stream_error(&e.kind);
+                    }
+                }
+                Outcome::Slow(_) => metrics::add(s.slow, 1),
+                Outcome::RateLimited(_) => metrics::add(s.rate_limited, 1),
+                Outcome::Neutral(Some(_)) => metrics::add(s.client_errors, 1),
+                Outcome::Success | Outcome::Neutral(None) => {}
             }
             if routed.forced {
                 metrics::add(s.forced, 1);
             }
         }
-        if outcome == Outcome::Failure(classify::Reason::NoCluster) {
+        if !matches!(outcome, Outcome::Success) {
+            log::debug!(
+                "vendor {}: {outcome} (status {status:?}, flags {flags:#x})",
+                p.vendor_name(vendor)
+            );
+        }
+        if outcome == Outcome::Failure(Reason::NoCluster) {
             p.mark_missing(vendor);
         }
-        let Some(ticket) = routed.ticket else { return };
         let verdict = outcome.verdict();
+        let Some(ticket) = routed.ticket.or_else(|| {
+            // A 429 is news about the vendor even on a forced request.
+            matches!(verdict, Verdict::RateLimited { .. }).then_some(Ticket {
+                generation: u32::MAX,
+                probe: false,
+                quiet: false,
+            })
+        }) else {
+            return;
+        };
         if !ticket.probe {
             match verdict {
                 Verdict::Neutral => return,

@@ -5,7 +5,7 @@
 //! Each method here is a pure step `(state, now, outcome) -> state'`, so the
 //! store can retry it after a compare-and-swap conflict without side effects.
 
-use crate::config::{Backoff, Config, Recovery, TripRule, WindowSpec};
+use crate::config::{Backoff, Config, RateLimit, Recovery, TripRule, WindowSpec};
 use crate::window::{Totals, Window};
 use std::fmt;
 
@@ -32,6 +32,8 @@ pub enum PhaseKind {
     Closed,
     Open,
     HalfOpen,
+    /// Closed, but skipped until the reset time its 429 announced.
+    RateLimited,
 }
 
 impl PhaseKind {
@@ -41,6 +43,7 @@ impl PhaseKind {
             PhaseKind::Closed => 0,
             PhaseKind::Open => 1,
             PhaseKind::HalfOpen => 2,
+            PhaseKind::RateLimited => 3,
         }
     }
 }
@@ -51,6 +54,7 @@ impl fmt::Display for PhaseKind {
             PhaseKind::Closed => "closed",
             PhaseKind::Open => "open",
             PhaseKind::HalfOpen => "half-open",
+            PhaseKind::RateLimited => "rate-limited",
         })
     }
 }
@@ -69,7 +73,14 @@ impl Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Success,
+    /// Worked, but too slowly: counts as a success and in the slow ratio.
+    Slow,
     Failure,
+    /// The vendor answered 429: skip it until it may be used again, without
+    /// counting against its health. `None`: it did not say when.
+    RateLimited {
+        retry_after_ms: Option<u64>,
+    },
     /// Says nothing about the vendor (the client went away, a client error).
     Neutral,
 }
@@ -105,6 +116,7 @@ pub struct Rules {
     pub trip: TripRule,
     pub ejection: Backoff,
     pub recovery: Recovery,
+    pub rate_limit: RateLimit,
 }
 
 impl Rules {
@@ -114,6 +126,7 @@ impl Rules {
             trip: c.trip,
             ejection: c.ejection,
             recovery: c.recovery,
+            rate_limit: c.rate_limit,
         }
     }
 }
@@ -131,6 +144,10 @@ pub struct VendorState {
     pub consecutive_failures: u32,
     /// Ejections so far (wraps).
     pub ejections: u32,
+    /// Rate-limited: skipped until then (0: not rate-limited). Kept apart
+    /// from the phase: a 429 neither counts as a failure nor lengthens an
+    /// ejection.
+    pub cooldown_until_ms: u64,
     pub window: Window,
 }
 
@@ -146,6 +163,8 @@ pub struct Transition {
     pub level: u32,
     /// Around half-open: probe successes so far, and how many close it.
     pub probes: (u32, u32),
+    /// For a rate limit: how long the vendor is skipped.
+    pub cooldown_ms: Option<u64>,
 }
 
 impl fmt::Display for Transition {
@@ -159,16 +178,26 @@ impl fmt::Display for Transition {
             (PhaseKind::HalfOpen, PhaseKind::Closed) => {
                 write!(f, "{done} of {needed} probes succeeded")?
             }
+            (_, PhaseKind::RateLimited) => write!(
+                f,
+                "answered 429; skipped for {} ms, its health untouched",
+                self.cooldown_ms.unwrap_or(0)
+            )?,
             (PhaseKind::HalfOpen, _) => {
                 write!(f, "a probe failed after {done} of {needed} successes")?
             }
-            _ => write!(
-                f,
-                "window: {} requests, {} failures; {} consecutive failures",
-                self.totals.requests(),
-                self.totals.failures,
-                self.consecutive_failures
-            )?,
+            _ => {
+                write!(
+                    f,
+                    "window: {} requests, {} failures",
+                    self.totals.requests(),
+                    self.totals.failures
+                )?;
+                if self.totals.slow > 0 {
+                    write!(f, ", {} slow", self.totals.slow)?;
+                }
+                write!(f, "; {} consecutive failures", self.consecutive_failures)?
+            }
         }
         if let Some(ms) = self.ejected_for_ms {
             write!(f, "; ejected for {} ms, back-off level {}", ms, self.level)?;
@@ -197,8 +226,13 @@ impl VendorState {
             closed_at_ms: 0,
             consecutive_failures: 0,
             ejections: 0,
+            cooldown_until_ms: 0,
             window: Window::new(window),
         }
+    }
+
+    pub fn rate_limited_at(&self, now_ms: u64) -> bool {
+        now_ms < self.cooldown_until_ms
     }
 
     /// The phase a reader should act on at `now_ms`: an ejection that has run
@@ -206,6 +240,7 @@ impl VendorState {
     pub fn effective_kind(&self, now_ms: u64) -> PhaseKind {
         match self.phase {
             Phase::Open { until_ms } if now_ms >= until_ms => PhaseKind::HalfOpen,
+            Phase::Closed if self.rate_limited_at(now_ms) => PhaseKind::RateLimited,
             p => p.kind(),
         }
     }
@@ -219,6 +254,13 @@ impl VendorState {
     }
 
     pub fn availability(&self, now_ms: u64, rules: &Rules) -> Availability {
+        if self.rate_limited_at(now_ms) {
+            let due_ms = match self.phase {
+                Phase::Open { until_ms } => until_ms.max(self.cooldown_until_ms),
+                _ => self.cooldown_until_ms,
+            };
+            return Availability::Unavailable { due_ms };
+        }
         match self.phase {
             Phase::Closed => Availability::Open(Ticket {
                 generation: self.generation,
@@ -309,19 +351,37 @@ impl VendorState {
         ticket: Ticket,
         rules: &Rules,
     ) -> Option<Transition> {
+        if self.cooldown_until_ms != 0 && !self.rate_limited_at(now_ms) {
+            self.cooldown_until_ms = 0;
+        }
+        if let Verdict::RateLimited { retry_after_ms } = verdict {
+            // A 429 is news about the vendor whenever it was routed.
+            let change = self.rate_limit(now_ms, retry_after_ms, rules);
+            if ticket.probe && ticket.generation == self.generation {
+                self.release_probe();
+            }
+            return change;
+        }
         if ticket.generation != self.generation {
             return None; // routed under an earlier regime
         }
         match self.phase {
             Phase::Closed => {
                 match verdict {
-                    Verdict::Neutral => return None,
-                    Verdict::Success => self.consecutive_failures = 0,
+                    Verdict::Neutral | Verdict::RateLimited { .. } => return None,
+                    Verdict::Success => {
+                        self.consecutive_failures = 0;
+                        self.window.record(now_ms, false);
+                    }
+                    Verdict::Slow => {
+                        self.consecutive_failures = 0;
+                        self.window.record_slow(now_ms);
+                    }
                     Verdict::Failure => {
-                        self.consecutive_failures = self.consecutive_failures.saturating_add(1)
+                        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                        self.window.record(now_ms, true);
                     }
                 }
-                self.window.record(now_ms, verdict == Verdict::Failure);
                 if self.should_trip(now_ms, &rules.trip) {
                     return Some(self.eject(now_ms, rules, true));
                 }
@@ -337,7 +397,7 @@ impl VendorState {
                     return None;
                 }
                 match verdict {
-                    Verdict::Neutral => {
+                    Verdict::Neutral | Verdict::RateLimited { .. } => {
                         // The probe said nothing: give its slot back.
                         self.phase = Phase::HalfOpen {
                             taken: taken.saturating_sub(1).max(successes),
@@ -346,7 +406,8 @@ impl VendorState {
                         };
                         None
                     }
-                    Verdict::Failure => Some(self.eject(now_ms, rules, false)),
+                    // Still too slow is not recovered.
+                    Verdict::Failure | Verdict::Slow => Some(self.eject(now_ms, rules, false)),
                     Verdict::Success => {
                         let successes = successes + 1;
                         if successes >= rules.recovery.successes {
@@ -382,14 +443,59 @@ impl VendorState {
         }
     }
 
+    /// Starts or extends a rate-limit cooldown: the vendor's own reset time,
+    /// or the default when it gave none, capped at the maximum. Reported as
+    /// a change only when a cooldown starts.
+    fn rate_limit(
+        &mut self,
+        now_ms: u64,
+        retry_after_ms: Option<u64>,
+        rules: &Rules,
+    ) -> Option<Transition> {
+        let r = &rules.rate_limit;
+        let wait = retry_after_ms
+            .unwrap_or(r.default_cooldown_ms)
+            .min(r.max_cooldown_ms);
+        let until = now_ms.saturating_add(wait);
+        if until <= self.cooldown_until_ms {
+            return None;
+        }
+        let starts = !self.rate_limited_at(now_ms);
+        self.cooldown_until_ms = until;
+        if !starts || wait == 0 {
+            return None;
+        }
+        let mut t = self.transition(self.phase.kind(), now_ms, None);
+        t.to = PhaseKind::RateLimited;
+        t.cooldown_ms = Some(wait);
+        Some(t)
+    }
+
+    fn release_probe(&mut self) {
+        if let Phase::HalfOpen {
+            taken,
+            successes,
+            last_probe_ms,
+        } = self.phase
+        {
+            self.phase = Phase::HalfOpen {
+                taken: taken.saturating_sub(1).max(successes),
+                successes,
+                last_probe_ms,
+            };
+        }
+    }
+
     fn should_trip(&self, now_ms: u64, trip: &TripRule) -> bool {
         if trip.consecutive_failures > 0 && self.consecutive_failures >= trip.consecutive_failures {
             return true;
         }
         let t = self.window.totals(now_ms);
-        t.requests() >= u64::from(trip.min_requests)
-            && t.requests() > 0
-            && t.failures as f64 >= trip.failure_ratio * t.requests() as f64
+        let enough = t.requests() >= u64::from(trip.min_requests) && t.requests() > 0;
+        let total = t.requests() as f64;
+        enough
+            && (t.failures as f64 >= trip.failure_ratio * total
+                || trip.slow_ratio.is_some_and(|r| t.slow as f64 >= r * total))
     }
 
     /// Opens the vendor. From closed, the back-off level first decays by one
@@ -433,6 +539,7 @@ impl VendorState {
             ejected_for_ms,
             level: self.level,
             probes: (0, 0),
+            cooldown_ms: None,
         }
     }
 
@@ -466,6 +573,7 @@ mod tests {
                 min_requests: 10,
                 failure_ratio: 0.5,
                 consecutive_failures: 5,
+                slow_ratio: Some(0.8),
             },
             ejection: Backoff {
                 base_ms: 30_000,
@@ -476,6 +584,10 @@ mod tests {
                 probes: 3,
                 successes: 3,
                 probe_timeout_ms: 120_000,
+            },
+            rate_limit: RateLimit {
+                default_cooldown_ms: 5_000,
+                max_cooldown_ms: 60_000,
             },
         }
     }
@@ -841,6 +953,136 @@ mod tests {
             "half-open -> open (a probe failed after 1 of 3 successes; ejected for 60000 ms, back-off level 1)"
         );
         close(&mut s, 90_000);
+    }
+
+    #[test]
+    fn trips_on_the_slow_ratio() {
+        let r = rules();
+        let mut s = fresh();
+        // 7 slow of 9 is below the volume; the 10th makes 8 of 10 = 80%.
+        for i in 0..9 {
+            let v = if i < 7 {
+                Verdict::Slow
+            } else {
+                Verdict::Success
+            };
+            assert_eq!(feed(&mut s, 0, v), None);
+        }
+        let t = feed(&mut s, 0, Verdict::Slow).expect("trip");
+        assert_eq!(t.totals.slow, 8);
+        assert_eq!(s.consecutive_failures, 0, "slow answers are not failures");
+        // With no slowness limit configured, slowness never trips.
+        let mut r2 = r;
+        r2.trip.slow_ratio = None;
+        let mut s = fresh();
+        for _ in 0..50 {
+            let t = Ticket {
+                generation: s.generation,
+                probe: false,
+                quiet: false,
+            };
+            assert_eq!(s.record(0, Verdict::Slow, t, &r2), None);
+        }
+    }
+
+    #[test]
+    fn a_429_skips_the_vendor_until_its_reset_without_touching_health() {
+        let r = rules();
+        let mut s = fresh();
+        let t = ticket(&s);
+        let change = s
+            .record(
+                1_000,
+                Verdict::RateLimited {
+                    retry_after_ms: Some(2_000),
+                },
+                t,
+                &r,
+            )
+            .unwrap();
+        assert_eq!(change.to, PhaseKind::RateLimited);
+        assert_eq!(
+            change.to_string(),
+            "closed -> rate-limited (answered 429; skipped for 2000 ms, its health untouched)"
+        );
+        assert_eq!(
+            s.availability(2_999, &r),
+            Availability::Unavailable { due_ms: 3_000 }
+        );
+        assert_eq!(s.effective_kind(2_999), PhaseKind::RateLimited);
+        assert!(matches!(s.availability(3_000, &r), Availability::Open(_)));
+        assert_eq!(
+            s.window.totals(3_000).requests(),
+            0,
+            "not counted as an outcome"
+        );
+        assert_eq!(
+            (s.phase, s.level, s.consecutive_failures),
+            (Phase::Closed, 0, 0)
+        );
+        // A second 429 extends it without a new state change.
+        assert_eq!(
+            s.record(
+                1_500,
+                Verdict::RateLimited {
+                    retry_after_ms: Some(3_000)
+                },
+                t,
+                &r
+            ),
+            None
+        );
+        assert_eq!(s.cooldown_until_ms, 4_500);
+        // No header: the default; a huge header: the cap.
+        let mut s = fresh();
+        s.record(
+            0,
+            Verdict::RateLimited {
+                retry_after_ms: None,
+            },
+            t,
+            &r,
+        );
+        assert_eq!(s.cooldown_until_ms, 5_000);
+        let mut s = fresh();
+        s.record(
+            0,
+            Verdict::RateLimited {
+                retry_after_ms: Some(10_000_000),
+            },
+            t,
+            &r,
+        );
+        assert_eq!(s.cooldown_until_ms, 60_000);
+    }
+
+    #[test]
+    fn a_rate_limited_probe_gives_its_slot_back() {
+        let r = rules();
+        let mut s = fresh();
+        trip(&mut s, 0);
+        let probes: Vec<_> = (0..3).filter_map(|_| s.claim_probe(30_000, &r)).collect();
+        assert!(s.claim_probe(30_000, &r).is_none());
+        s.record(
+            30_100,
+            Verdict::RateLimited {
+                retry_after_ms: Some(1_000),
+            },
+            probes[0].0,
+            &r,
+        );
+        assert_eq!(s.phase.kind(), PhaseKind::HalfOpen);
+        assert!(matches!(s.availability(31_100, &r), Availability::Probe));
+    }
+
+    #[test]
+    fn a_slow_probe_is_not_a_recovery() {
+        let r = rules();
+        let mut s = fresh();
+        trip(&mut s, 0);
+        let (p, _) = s.claim_probe(30_000, &r).unwrap();
+        let t = s.record(30_000, Verdict::Slow, p, &r).unwrap();
+        assert_eq!((t.from, t.to), (PhaseKind::HalfOpen, PhaseKind::Open));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! expect, and a panic traps the worker's VM; here every status comes back
 //! as a `Result`, byte values stay bytes, and nothing allocates a path list.
 
+use crate::abi;
 use crate::store::{Store, StoreError};
 use std::ptr::{null, null_mut};
 
@@ -12,6 +13,7 @@ const CAS_MISMATCH: u32 = 8;
 
 pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_HEADERS: u32 = 2;
+const RESPONSE_BODY: u32 = 1;
 const PLUGIN_CONFIGURATION: u32 = 7;
 
 pub const COUNTER: u32 = 0;
@@ -29,6 +31,19 @@ extern "C" {
         max_size: usize,
         return_data: *mut *mut u8,
         return_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        data: *const u8,
+        data_size: usize,
     ) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
@@ -190,6 +205,30 @@ pub fn header(map: u32, name: &str) -> HostResult<Option<Vec<u8>>> {
     get_bytes(|d, s| unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), d, s) })
 }
 
+/// Every header of a map as (name, value) pairs, in one host call.
+pub fn header_pairs(map: u32) -> HostResult<Vec<(String, Vec<u8>)>> {
+    // SAFETY: see get_bytes.
+    let bytes = get_bytes(|d, s| unsafe { proxy_get_header_map_pairs(map, d, s) })?;
+    Ok(bytes.map(|b| abi::parse_pairs(&b)).unwrap_or_default())
+}
+
+pub fn remove_header(map: u32, name: &str) -> HostResult<()> {
+    // SAFETY: name is a live &str.
+    check(unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) })
+}
+
+/// The response body bytes of the current chunk.
+pub fn response_body(size: usize) -> HostResult<Option<Vec<u8>>> {
+    // SAFETY: see get_bytes.
+    get_bytes(|d, s| unsafe { proxy_get_buffer_bytes(RESPONSE_BODY, 0, size, d, s) })
+}
+
+/// Appends bytes after the current response body chunk of `size` bytes.
+pub fn append_response_body(size: usize, data: &[u8]) -> HostResult<()> {
+    // SAFETY: pointer and length describe a live slice.
+    check(unsafe { proxy_set_buffer_bytes(RESPONSE_BODY, size, 0, data.as_ptr(), data.len()) })
+}
+
 /// Sets a header, replacing every value it had.
 pub fn set_header(map: u32, name: &str, value: &[u8]) -> HostResult<()> {
     // SAFETY: pointers and lengths describe live slices.
@@ -232,25 +271,7 @@ pub fn record_metric(id: u32, value: u64) {
 
 /// Answers the client directly with `status`, `headers` and `body`.
 pub fn send_response(status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> HostResult<()> {
-    // Map layout: count, then (name length, value length) pairs, then each
-    // name and value followed by a NUL.
-    let mut map = Vec::with_capacity(
-        4 + headers
-            .iter()
-            .map(|(n, v)| 10 + n.len() + v.len())
-            .sum::<usize>(),
-    );
-    map.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-    for (name, value) in headers {
-        map.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        map.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    }
-    for (name, value) in headers {
-        map.extend_from_slice(name.as_bytes());
-        map.push(0);
-        map.extend_from_slice(value);
-        map.push(0);
-    }
+    let map = abi::serialize_pairs(headers);
     let details = b"llm_failover_all_vendors_unavailable";
     // SAFETY: pointers and lengths describe live buffers.
     check(unsafe {

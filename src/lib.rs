@@ -3,6 +3,7 @@
 //! never touches the proxy: time and the shared store are passed in, so the
 //! whole decision path is unit-tested on the host.
 
+pub mod abi;
 pub mod batch;
 pub mod choice;
 pub mod classify;
@@ -10,7 +11,9 @@ pub mod codec;
 pub mod config;
 pub mod health;
 pub mod notify;
+pub mod ratelimit;
 pub mod reply;
+pub mod sse;
 pub mod store;
 pub mod view;
 pub mod window;

@@ -394,7 +394,7 @@ mod tests {
     fn key_carries_the_format_version() {
         assert_eq!(
             vendor_key("openai", SPEC),
-            "llm_failover.v1.openai.1000msx10"
+            "llm_failover.v2.openai.1000msx10"
         );
     }
 }

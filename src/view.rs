@@ -35,9 +35,13 @@ impl View {
     }
 
     /// Keeps a copy of `state` as read or written at `now_ms`.
-    pub fn put(&mut self, vendor: usize, state: VendorState, now_ms: u64) {
+    pub fn put(&mut self, vendor: usize, mut state: VendorState, now_ms: u64) {
         if let Some(slot) = self.vendors.get_mut(vendor) {
             let quiet = state.is_quiet(now_ms);
+            // A rate limit that has run out need not be checked again.
+            if !state.rate_limited_at(now_ms) {
+                state.cooldown_until_ms = 0;
+            }
             *slot = Some(Cached { state, quiet });
         }
     }

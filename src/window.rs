@@ -10,8 +10,11 @@ use crate::config::WindowSpec;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bucket {
+    /// Answers that worked, slow ones included.
     pub successes: u32,
     pub failures: u32,
+    /// Of the successes, those that were too slow (see `Verdict::Slow`).
+    pub slow: u32,
 }
 
 /// Totals over the buckets still inside the window.
@@ -19,6 +22,7 @@ pub struct Bucket {
 pub struct Totals {
     pub successes: u64,
     pub failures: u64,
+    pub slow: u64,
 }
 
 impl Totals {
@@ -68,6 +72,15 @@ impl Window {
 
     fn slot(&self, index: u64) -> usize {
         (index % u64::from(self.spec.buckets.max(1))) as usize
+    }
+
+    /// Counts one success that was too slow at `now_ms`.
+    pub fn record_slow(&mut self, now_ms: u64) {
+        self.record(now_ms, false);
+        let slot = self.slot(self.head);
+        if let Some(b) = self.ring.get_mut(slot) {
+            b.slow = b.slow.saturating_add(1);
+        }
     }
 
     /// Counts one outcome at `now_ms`.
@@ -137,6 +150,7 @@ impl Window {
             if let Some(b) = self.ring.get(self.slot(index)) {
                 totals.successes += u64::from(b.successes);
                 totals.failures += u64::from(b.failures);
+                totals.slow += u64::from(b.slow);
             }
         }
         totals
@@ -209,6 +223,21 @@ mod tests {
     }
 
     #[test]
+    fn slow_answers_count_as_successes_and_as_slow() {
+        let mut w = Window::new(SPEC);
+        w.record_slow(3_000);
+        w.record(3_500, false);
+        w.record_slow(9_000);
+        let t = w.totals(9_000);
+        assert_eq!((t.successes, t.failures, t.slow), (3, 0, 2));
+        assert_eq!(
+            w.totals(13_000).slow,
+            1,
+            "the first expired with its bucket"
+        );
+    }
+
+    #[test]
     fn single_bucket_window() {
         let mut w = Window::new(WindowSpec {
             bucket_ms: 5_000,
@@ -239,7 +268,8 @@ mod tests {
             vec![
                 Bucket {
                     successes: u32::MAX,
-                    failures: 0
+                    failures: 0,
+                    slow: 0
                 };
                 10
             ],

@@ -10,7 +10,7 @@
 )]
 
 use llm_failover::choice::{choose, Choice, Worker};
-use llm_failover::classify::{classify, Outcome};
+use llm_failover::classify::{classify, Observed, Outcome};
 use llm_failover::config::Config;
 use llm_failover::health::{PhaseKind, Rules, Transition};
 use llm_failover::store::{load, update, vendor_key, MemoryStore};
@@ -71,7 +71,11 @@ impl Sim {
         if let Some(t) = transition {
             self.transitions.push((now, name.clone(), t));
         }
-        let outcome: Outcome = classify(Some(status_of(&name)), 0, &self.config.failure_statuses);
+        let seen = Observed {
+            status: Some(status_of(&name)),
+            ..Observed::default()
+        };
+        let outcome: Outcome = classify(&seen, &self.config.failure_statuses, &self.config.slow);
         if let Some(ticket) = ticket {
             let rules = self.rules;
             let done = update(&self.store, &self.keys[vendor], rules.window, |s| {
