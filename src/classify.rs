@@ -9,14 +9,14 @@
 //!
 //! 1. Envoy says the upstream failed (connect failure, reset, timeout, ...):
 //!    failure, whatever the status.
-//! 2. The client went away first: neutral.
-//! 3. An error inside a 200 stream, or a stream cut before its end marker:
-//!    failure.
-//! 4. 429: rate limited (skipped until its reset; not a failure).
-//! 5. A status in `failure_statuses`: failure. Any other 4xx or 5xx is the
+//! 2. An error inside a 200 stream: failure (even if the client then left).
+//! 3. The client went away first: neutral.
+//! 4. A stream cut before its end marker: failure.
+//! 5. 429: rate limited (skipped until its reset; not a failure).
+//! 6. A status in `failure_statuses`: failure. Any other 4xx or 5xx is the
 //!    client's doing (bad request, unknown model, too large, context length
 //!    exceeded, content policy): neutral.
-//! 6. Otherwise it worked; slow if it broke a slowness limit.
+//! 7. Otherwise it worked; slow if it broke a slowness limit.
 
 use crate::config::{SlowLimits, StatusSet};
 use crate::health::Verdict;
@@ -231,16 +231,19 @@ pub fn classify(seen: &Observed, failure_statuses: &StatusSet, slow: &SlowLimits
     if has(NO_CLUSTER_FOUND) {
         return Outcome::Failure(Reason::NoCluster);
     }
+    // An error the vendor sent stands even if the client, having read it,
+    // hung up before the stream's end.
+    if let Some(Ending::Error(_)) = &seen.stream {
+        return Outcome::Failure(Reason::StreamError);
+    }
     if has(DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET) {
         return Outcome::Neutral(None);
     }
     if has(LOCAL_RESET) {
         return Outcome::Failure(Reason::Reset);
     }
-    match &seen.stream {
-        Some(Ending::Error(_)) => return Outcome::Failure(Reason::StreamError),
-        Some(Ending::Truncated) => return Outcome::Failure(Reason::Truncated),
-        _ => {}
+    if let Some(Ending::Truncated) = &seen.stream {
+        return Outcome::Failure(Reason::Truncated);
     }
     let Some(status) = seen.status else {
         return Outcome::Neutral(None);
@@ -468,6 +471,17 @@ mod tests {
             Outcome::Neutral(None)
         );
         assert_eq!(judge(None, 0), Outcome::Neutral(None));
+    }
+
+    #[test]
+    fn an_error_in_the_stream_stands_when_the_client_hangs_up_after_it() {
+        let seen = Observed {
+            status: Some(200),
+            flags: DOWNSTREAM_CONNECTION_TERMINATION,
+            stream: Some(Ending::Error(StreamError { kind: "x".into() })),
+            ..Observed::default()
+        };
+        assert_eq!(judge_seen(seen), Outcome::Failure(Reason::StreamError));
     }
 
     #[test]

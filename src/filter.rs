@@ -218,18 +218,22 @@ impl Plugin {
             .map(Batch::take)
             .unwrap_or_default();
         let result = store::update(&SharedData, key, self.rules.window, |st| {
-            let was_quiet = st.is_quiet(now_ms);
+            let before = (st.is_quiet(now_ms), st.cooldown_until_ms);
             for d in &batched {
                 st.merge(d);
             }
-            (step(st), was_quiet)
+            (step(st), before)
         });
         match result {
             Ok(done) => {
-                let (transition, was_quiet) = done.result;
+                let (transition, (was_quiet, cooldown_before)) = done.result;
+                // What another worker's copy must learn: a phase change, a
+                // first failure, a new or longer rate limit, a reset.
                 let matters = transition.is_some()
                     || done.reset.is_some()
-                    || (was_quiet && !done.state.is_quiet(now_ms));
+                    || (was_quiet && !done.state.is_quiet(now_ms))
+                    || done.state.cooldown_until_ms > cooldown_before;
+
                 if let Some(why) = done.reset {
                     self.note_reset(vendor, &why);
                 }
@@ -486,17 +490,23 @@ impl HttpContext for Stream {
         let Some(p) = self.plugin.clone() else {
             return Action::Continue;
         };
+        // The start time is read only if a first-byte limit needs it; the
+        // choice then reuses it instead of reading the clock again.
+        self.start_ms = p.config.slow.first_byte_ms.map(|_| p.now());
+        let start = self.start_ms;
         let choice = {
             let mut worker = p.worker.borrow_mut();
+            let mut clock = || start.unwrap_or_else(|| p.now());
             choice::choose(
                 &p.config,
                 &p.rules,
                 &p.keys,
                 &SharedData,
-                &mut || p.now(),
+                &mut clock,
                 &mut worker,
             )
         };
+
         match choice {
             Choice::Route {
                 vendor,

@@ -68,17 +68,19 @@ def envoy_config(
     wasm: Path = WASM,
     failure_policy: str = "FAIL_CLOSED",
     stream_idle_timeout: str = "30s",
+    route_idle_timeout: str | None = None,
 ) -> dict:
     """Listener -> [drop client routing header] -> llm-failover -> router,
     one STATIC cluster per vendor. Mirrors envoy/envoy.yaml."""
     configuration = filter_json if isinstance(filter_json, str) else json.dumps(filter_json)
     fallback = fallback_cluster or next(iter(vendor_ports))
+    idle = {"idle_timeout": route_idle_timeout} if route_idle_timeout else {}
     routes = [
         {
             "match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]},
-            "route": {"cluster_header": CLUSTER_HEADER, "timeout": route_timeout},
+            "route": {"cluster_header": CLUSTER_HEADER, "timeout": route_timeout, **idle},
         },
-        {"match": {"prefix": "/"}, "route": {"cluster": fallback, "timeout": route_timeout}},
+        {"match": {"prefix": "/"}, "route": {"cluster": fallback, "timeout": route_timeout, **idle}},
     ]
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
