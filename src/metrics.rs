@@ -16,7 +16,7 @@ pub struct VendorStats {
     prefix: String,
     pub requests: u32,
     pub failures: u32,
-    /// `failures.<reason>`, indexed like `Reason::ALL`.
+    /// `failures_by_reason.<reason>`, indexed like `Reason::ALL`.
     pub failures_by_reason: Vec<u32>,
     pub rate_limited: u32,
     pub slow: u32,
@@ -51,7 +51,7 @@ impl VendorStats {
         let p = format!("llm_failover.vendor.{vendor}.");
         let failures_by_reason = Reason::ALL
             .iter()
-            .map(|r| define(COUNTER, &format!("{p}failures.{}", r.name())))
+            .map(|r| define(COUNTER, &format!("{p}failures_by_reason.{}", r.name())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(VendorStats {
             requests: define(COUNTER, &format!("{p}requests"))?,

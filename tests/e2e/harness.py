@@ -124,7 +124,11 @@ def envoy_config(
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "stats_config": {
-            "stats_tags": [{"tag_name": "vendor", "regex": r"^wasmcustom\.llm_failover\.vendor\.((.+?)\.)"}]
+            "stats_tags": [
+                {"tag_name": "vendor", "regex": r"^wasmcustom\.llm_failover\.vendor\.((.+?)\.)"},
+                {"tag_name": "reason", "regex": r"^wasmcustom\.llm_failover\.vendor\.[^.]+\.failures_by_reason(\.(\w+))$"},
+                {"tag_name": "error_type", "regex": r"^wasmcustom\.llm_failover\.vendor\.[^.]+\.stream_errors(\.(\w+))$"},
+            ]
         },
         "static_resources": {
             "listeners": [

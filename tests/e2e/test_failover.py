@@ -313,3 +313,8 @@ def test_stats_are_exported_with_a_vendor_tag(vendors, make_envoy, client_for):
     # Request counts are reported by each worker on its tick (200 ms here).
     wait_for(lambda: 'llm_failover_vendor_requests{vendor="anthropic"} 1' in envoy.prometheus(), timeout=3)
     assert 'llm_failover_vendor_state{vendor="openai"} 0' in envoy.prometheus()
+    vendors.set_fault("anthropic", mode="status", status=503, count=1)
+    client_for(envoy).chat()
+    prom = envoy.prometheus()
+    assert 'llm_failover_vendor_failures_by_reason{vendor="anthropic",reason="status"} 1' in prom
+    assert 'llm_failover_vendor_failures{vendor="anthropic"} 1' in prom

@@ -81,7 +81,7 @@ def test_anthropic_overloaded_error_mid_stream_raises_and_counts(vendors, make_e
     with pytest.raises(anthropic.APIStatusError) as raised:
         ask_anthropic(envoy, stream=True)
     assert "overloaded_error" in str(raised.value)
-    assert stat(envoy, "anthropic", "failures.stream_error") == 1
+    assert stat(envoy, "anthropic", "failures_by_reason.stream_error") == 1
     assert stat(envoy, "anthropic", "stream_errors.overloaded_error") == 1
     # The next stream is whole.
     assert ask_anthropic(envoy, stream=True) == ("Hello from anthropic", "anthropic")
@@ -93,7 +93,7 @@ def test_openai_error_chunk_mid_stream_raises_and_counts(vendors, make_envoy):
     with pytest.raises(openai.APIError) as raised:
         ask_openai(envoy, stream=True)
     assert "mid-stream" in str(raised.value)
-    assert stat(envoy, "anthropic", "failures.stream_error") == 1
+    assert stat(envoy, "anthropic", "failures_by_reason.stream_error") == 1
     assert stat(envoy, "anthropic", "stream_errors.server_error") == 1
 
 
@@ -119,7 +119,7 @@ def test_a_stream_cut_before_its_end_marker_makes_the_sdk_raise(sdk, vendors, ma
     with pytest.raises(error) as raised:
         ask(envoy, stream=True)
     assert "ended before its end marker" in str(raised.value)
-    assert stat(envoy, "anthropic", "failures.truncated") == 1
+    assert stat(envoy, "anthropic", "failures_by_reason.truncated") == 1
     assert stat(envoy, "anthropic", "truncations_closed") == 1
     # Whole streams are left alone.
     assert ask(envoy, stream=True) == ("Hello from anthropic", "anthropic")
@@ -211,7 +211,7 @@ def test_a_stream_stalled_past_envoys_idle_timeout_is_cut_and_counted(vendors, m
     with pytest.raises((openai.APIError, openai.APIConnectionError)):
         ask_openai(envoy, stream=True)
     assert time.time() - started < 4, "Envoy's idle timeout cut the silent stream"
-    wait_for(lambda: stat(envoy, "anthropic", "failures.stalled") == 1, timeout=3)
+    wait_for(lambda: stat(envoy, "anthropic", "failures_by_reason.stalled") == 1, timeout=3)
     vendors.heal("anthropic")
 
 
@@ -250,7 +250,7 @@ def test_a_refused_key_is_an_outage(vendors, make_envoy):
     for _ in range(5):
         with pytest.raises(anthropic.AuthenticationError):
             ask_anthropic(envoy)
-    assert stat(envoy, "anthropic", "failures.auth") == 5
+    assert stat(envoy, "anthropic", "failures_by_reason.auth") == 5
     assert ask_anthropic(envoy)[1] == "openai"
 
 
