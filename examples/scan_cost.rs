@@ -31,10 +31,7 @@ fn anthropic_chunks(tokens: usize) -> Vec<Vec<u8>> {
             "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\" token{i}\"}}}}\n\n"
         ).into_bytes());
     }
-    out.push(
-        b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
-            .to_vec(),
-    );
+    out.push(b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n".to_vec());
     out.push(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n".to_vec());
     out.push(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_vec());
     out

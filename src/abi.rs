@@ -19,9 +19,7 @@ pub fn parse_pairs(b: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::with_capacity(count.min(256));
     let mut at = count.saturating_mul(8).saturating_add(4);
     for i in 0..count {
-        let lengths = i
-            .checked_mul(8)
-            .and_then(|o| Some((word(o + 4)?, word(o + 8)?)));
+        let lengths = i.checked_mul(8).and_then(|o| Some((word(o + 4)?, word(o + 8)?)));
         let Some((name_len, value_len)) = lengths else {
             break;
         };
@@ -33,20 +31,14 @@ pub fn parse_pairs(b: &[u8]) -> Vec<(String, Vec<u8>)> {
             break;
         };
         at = at.saturating_add(value_len).saturating_add(1);
-        out.push((
-            String::from_utf8_lossy(name).to_ascii_lowercase(),
-            value.to_vec(),
-        ));
+        out.push((String::from_utf8_lossy(name).to_ascii_lowercase(), value.to_vec()));
     }
     out
 }
 
 /// Encodes a header map.
 pub fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
-    let size = 4 + pairs
-        .iter()
-        .map(|(n, v)| 10 + n.len() + v.len())
-        .sum::<usize>();
+    let size = 4 + pairs.iter().map(|(n, v)| 10 + n.len() + v.len()).sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (name, value) in pairs {
@@ -68,11 +60,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let pairs: [(&str, &[u8]); 3] = [
-            (":status", b"429"),
-            ("Retry-After", b"2"),
-            ("x-bin", b"\xff\x00\xfe"),
-        ];
+        let pairs: [(&str, &[u8]); 3] = [(":status", b"429"), ("Retry-After", b"2"), ("x-bin", b"\xff\x00\xfe")];
         let parsed = parse_pairs(&serialize_pairs(&pairs));
         assert_eq!(
             parsed,

@@ -124,9 +124,8 @@ mod tests {
     #[test]
     fn merged_successes_do_not_break_a_run_of_failures() {
         let mut s = VendorState::new(SPEC);
-        let rules = crate::health::Rules::from_config(
-            &crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap(),
-        );
+        let rules =
+            crate::health::Rules::from_config(&crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap());
         let t = Ticket {
             generation: 0,
             probe: false,
@@ -149,9 +148,8 @@ mod tests {
 
     #[test]
     fn quiet_only_while_nothing_has_failed() {
-        let rules = crate::health::Rules::from_config(
-            &crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap(),
-        );
+        let rules =
+            crate::health::Rules::from_config(&crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap());
         let mut s = VendorState::new(SPEC);
         let quiet = |s: &VendorState, now| match s.availability(now, &rules) {
             crate::health::Availability::Open(t) => t.quiet,

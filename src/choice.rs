@@ -14,25 +14,59 @@ use crate::view::View;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Choice {
     Route {
+        /// The health unit chosen (see `config::Unit`), and its vendor.
+        unit: usize,
         vendor: usize,
-        /// `None` when the outcome must not feed the vendor's health: the
-        /// request was forced onto an ejected vendor, or its state could not
+        /// `None` when the outcome must not feed the unit's health: the
+        /// request was forced onto an ejected unit, or its state could not
         /// be read.
         ticket: Option<Ticket>,
-        /// Set when every vendor was ejected and the request was sent anyway.
+        /// Set when every candidate was ejected and the request was sent anyway.
         forced: bool,
         /// A phase change made while choosing (an ejection ran out).
         transition: Option<Transition>,
     },
-    /// Every vendor is ejected and the policy is to refuse.
+    /// Every candidate is ejected and the policy is to refuse.
     Reject { due: Vec<Due>, now_ms: u64 },
+    /// No candidate at all (none left untried, or none serves the request).
+    Nothing,
 }
 
-/// When an ejected vendor is due back.
+/// When an ejected unit is due back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Due {
+    pub unit: usize,
     pub vendor: usize,
     pub due_ms: u64,
+}
+
+/// One way to serve a request: a health unit on a vendor, at a preference
+/// level (lower first), with a weight inside its level. Candidates are
+/// given sorted by level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cand {
+    pub unit: usize,
+    pub vendor: usize,
+    pub level: u32,
+    pub weight: u32,
+}
+
+/// The candidates when nothing narrows them: every vendor's pass-through
+/// unit, by priority then config order, weighted.
+pub fn default_cands(config: &Config) -> Vec<Cand> {
+    config
+        .by_preference
+        .iter()
+        .filter_map(|&vendor| {
+            let v = config.vendors.get(vendor)?;
+            Some(Cand {
+                unit: vendor,
+                vendor,
+                level: v.priority,
+                weight: v.weight,
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -46,29 +80,30 @@ enum Candidate {
 pub struct Worker {
     /// Round-robin position for weighted choice.
     pub turn: u64,
-    /// `missing[i]`: vendor i's Envoy cluster does not exist. Such vendors
-    /// are skipped unless every vendor is missing (then the mask says nothing).
+    /// `missing[v]`: vendor v's Envoy cluster does not exist. Such vendors
+    /// are skipped unless every candidate's is missing (then the mask says
+    /// nothing).
     pub missing: Vec<bool>,
-    /// This worker's copy of the vendors' shared state.
+    /// This worker's copy of every unit's shared state.
     pub view: View,
 }
 
 impl Worker {
-    pub fn new(vendors: usize) -> Self {
+    pub fn new(units: usize, vendors: usize) -> Self {
         Worker {
             turn: 0,
             missing: vec![false; vendors],
-            view: View::new(vendors),
+            view: View::new(units),
         }
     }
 
-    fn skips(&self, vendor: usize, all_missing: bool) -> bool {
-        !all_missing && self.missing.get(vendor).copied().unwrap_or(false)
+    fn is_missing(&self, vendor: usize) -> bool {
+        self.missing.get(vendor).copied().unwrap_or(false)
     }
 }
 
 /// Reads the clock at most once, and only if a choice needs it: routing to a
-/// closed vendor from the worker's copy needs no time at all.
+/// closed unit from the worker's copy needs no time at all.
 struct LazyClock<'a> {
     read: &'a mut dyn FnMut() -> u64,
     now: Option<u64>,
@@ -87,8 +122,7 @@ impl LazyClock<'_> {
     }
 }
 
-/// Picks a vendor for a request. `clock` reads the current time in ms;
-/// `keys[i]` is vendor i's store key.
+/// Picks among the vendors' pass-through units (see `choose_from`).
 pub fn choose<S: Store + ?Sized>(
     config: &Config,
     rules: &Rules,
@@ -97,57 +131,75 @@ pub fn choose<S: Store + ?Sized>(
     clock: &mut dyn FnMut() -> u64,
     worker: &mut Worker,
 ) -> Choice {
-    let mut clock = LazyClock {
-        read: clock,
-        now: None,
-    };
-    let all_missing =
-        (0..config.vendors.len()).all(|i| worker.missing.get(i).copied().unwrap_or(false));
+    let cands = default_cands(config);
+    choose_from(&cands, config.all_down, rules, keys, store, clock, worker, &[])
+}
+
+/// Picks the best candidate that may take a request now, skipping the
+/// units in `tried`. `keys[u]` is unit u's store key; `clock` reads the
+/// time in ms.
+#[allow(clippy::too_many_arguments)]
+pub fn choose_from<S: Store + ?Sized>(
+    cands: &[Cand],
+    all_down: AllDown,
+    rules: &Rules,
+    keys: &[String],
+    store: &S,
+    clock: &mut dyn FnMut() -> u64,
+    worker: &mut Worker,
+    tried: &[usize],
+) -> Choice {
+    let mut clock = LazyClock { read: clock, now: None };
+    let open: Vec<&Cand> = cands.iter().filter(|c| !tried.contains(&c.unit)).collect();
+    if open.is_empty() {
+        return Choice::Nothing;
+    }
+    let all_missing = open.iter().all(|c| worker.is_missing(c.vendor));
+    let skips = |w: &Worker, c: &Cand| !all_missing && w.is_missing(c.vendor);
     let mut due: Vec<Due> = Vec::new();
-    let order = &config.by_preference;
     let mut start = 0;
-    while start < order.len() {
-        let priority = priority_of(config, order.get(start).copied());
-        let end = order
-            .iter()
-            .skip(start)
-            .position(|&i| priority_of(config, Some(i)) != priority)
-            .map_or(order.len(), |n| start + n);
-        let level = order.get(start..end).unwrap_or(&[]);
+    while start < open.len() {
+        let level_of = |i: usize| open.get(i).map_or(u32::MAX, |c| c.level);
+        let level = level_of(start);
+        let end = (start..open.len())
+            .find(|&i| level_of(i) != level)
+            .unwrap_or(open.len());
+        let this_level = open.get(start..end).unwrap_or(&[]);
         start = end;
 
-        let mut candidates: Vec<(usize, u32, Candidate)> = Vec::with_capacity(level.len());
-        for &vendor in level {
-            if worker.skips(vendor, all_missing) {
+        let mut candidates: Vec<(Cand, u32, Candidate)> = Vec::with_capacity(this_level.len());
+        for &&c in this_level {
+            if skips(worker, &c) {
                 continue;
             }
-            let weight = config.vendors.get(vendor).map_or(1, |v| v.weight);
-            let Some(key) = keys.get(vendor) else {
+            let (unit, vendor) = (c.unit, c.vendor);
+            let Some(key) = keys.get(unit) else {
                 continue;
             };
-            let candidate = match worker.view.get(vendor) {
-                Some(c) if c.state.phase == Phase::Closed => {
+            let candidate = match worker.view.get(unit) {
+                Some(cached) if cached.state.phase == Phase::Closed => {
                     // A rate limit holds until its reset, like an ejection.
-                    let until = c.state.cooldown_until_ms;
+                    let until = cached.state.cooldown_until_ms;
                     if until != 0 && clock.now() < until {
                         due.push(Due {
+                            unit,
                             vendor,
                             due_ms: until,
                         });
                         None
                     } else {
                         Some(Candidate::Healthy(Some(Ticket {
-                            generation: c.state.generation,
+                            generation: cached.state.generation,
                             probe: false,
-                            quiet: c.quiet,
+                            quiet: cached.quiet,
                         })))
                     }
                 }
                 // An ejection cannot end early: until it runs out, the copy holds.
-                Some(c) if matches!(c.state.phase, Phase::Open { until_ms } if clock.now() < until_ms) =>
-                {
-                    if let Phase::Open { until_ms } = c.state.phase {
+                Some(cached) if matches!(cached.state.phase, Phase::Open { until_ms } if clock.now() < until_ms) => {
+                    if let Phase::Open { until_ms } = cached.state.phase {
                         due.push(Due {
+                            unit,
                             vendor,
                             due_ms: until_ms,
                         });
@@ -161,31 +213,32 @@ pub fn choose<S: Store + ?Sized>(
                     Ok(loaded) => {
                         let now = clock.now();
                         let availability = loaded.state.availability(now, rules);
-                        worker.view.put(vendor, loaded.state, now);
+                        worker.view.put(unit, loaded.state, now);
                         match availability {
                             Availability::Open(t) => Some(Candidate::Healthy(Some(t))),
                             Availability::Probe => Some(Candidate::Probe),
                             Availability::Unavailable { due_ms } => {
-                                due.push(Due { vendor, due_ms });
+                                due.push(Due { unit, vendor, due_ms });
                                 None
                             }
                         }
                     }
                 },
             };
-            if let Some(c) = candidate {
-                candidates.push((vendor, weight, c));
+            if let Some(candidate) = candidate {
+                candidates.push((c, c.weight, candidate));
             }
         }
         while !candidates.is_empty() {
             let pick = weighted_pick(&candidates, &mut worker.turn);
-            let Some(&(vendor, _, candidate)) = candidates.get(pick) else {
+            let Some(&(c, _, candidate)) = candidates.get(pick) else {
                 break;
             };
             match candidate {
                 Candidate::Healthy(ticket) => {
                     return Choice::Route {
-                        vendor,
+                        unit: c.unit,
+                        vendor: c.vendor,
                         ticket,
                         forced: false,
                         transition: None,
@@ -193,15 +246,15 @@ pub fn choose<S: Store + ?Sized>(
                 }
                 Candidate::Probe => {
                     let now = clock.now();
-                    let key = keys.get(vendor).map(String::as_str).unwrap_or_default();
-                    let claimed =
-                        store::update(store, key, rules.window, |s| s.claim_probe(now, rules));
+                    let key = keys.get(c.unit).map(String::as_str).unwrap_or_default();
+                    let claimed = store::update(store, key, rules.window, |s| s.claim_probe(now, rules));
                     if let Ok(done) = claimed {
                         let claim = done.result;
-                        worker.view.put(vendor, done.state, now);
+                        worker.view.put(c.unit, done.state, now);
                         if let Some((ticket, transition)) = claim {
                             return Choice::Route {
-                                vendor,
+                                unit: c.unit,
+                                vendor: c.vendor,
                                 ticket: Some(ticket),
                                 forced: false,
                                 transition,
@@ -210,7 +263,8 @@ pub fn choose<S: Store + ?Sized>(
                     }
                     // Another worker took the last slot: it is being probed.
                     due.push(Due {
-                        vendor,
+                        unit: c.unit,
+                        vendor: c.vendor,
                         due_ms: now,
                     });
                     candidates.remove(pick);
@@ -219,8 +273,8 @@ pub fn choose<S: Store + ?Sized>(
         }
     }
 
-    // Every vendor is ejected.
-    match config.all_down {
+    // Every candidate is ejected.
+    match all_down {
         AllDown::Reject => {
             due.sort_by_key(|d| d.due_ms);
             Choice::Reject {
@@ -230,18 +284,13 @@ pub fn choose<S: Store + ?Sized>(
         }
         AllDown::Soonest => {
             // `due` is in preference order, and min_by_key keeps the first of
-            // equals, so ties go to the preferred vendor.
-            let vendor = due.iter().min_by_key(|d| d.due_ms).map_or_else(
-                || {
-                    order
-                        .iter()
-                        .copied()
-                        .find(|&i| !worker.skips(i, all_missing))
-                        .unwrap_or(0)
-                },
-                |d| d.vendor,
-            );
+            // equals, so ties go to the preferred candidate.
+            let soonest = due.iter().min_by_key(|d| d.due_ms).map(|d| (d.unit, d.vendor));
+            let (unit, vendor) = soonest
+                .or_else(|| open.iter().find(|c| !skips(worker, c)).map(|c| (c.unit, c.vendor)))
+                .unwrap_or((0, 0));
             Choice::Route {
+                unit,
                 vendor,
                 ticket: None,
                 forced: true,
@@ -251,15 +300,9 @@ pub fn choose<S: Store + ?Sized>(
     }
 }
 
-fn priority_of(config: &Config, vendor: Option<usize>) -> u32 {
-    vendor
-        .and_then(|i| config.vendors.get(i))
-        .map_or(u32::MAX, |v| v.priority)
-}
-
 /// Smooth-enough weighted round robin: turn `n` lands on the vendor whose
 /// cumulative weight range holds `n mod total`.
-fn weighted_pick(candidates: &[(usize, u32, Candidate)], turn: &mut u64) -> usize {
+fn weighted_pick(candidates: &[(Cand, u32, Candidate)], turn: &mut u64) -> usize {
     if candidates.len() <= 1 {
         return 0;
     }
@@ -311,7 +354,7 @@ mod tests {
         }
 
         fn worker(&self) -> Worker {
-            Worker::new(self.config.vendors.len())
+            Worker::new(self.config.units.len(), self.config.vendors.len())
         }
 
         /// A choice by a worker whose copy of the state is up to date (it
@@ -323,20 +366,14 @@ mod tests {
 
         /// A choice from whatever the worker's copy holds.
         fn choose_cached(&self, now: u64, worker: &mut Worker) -> Choice {
-            choose(
-                &self.config,
-                &self.rules,
-                &self.keys,
-                &self.store,
-                &mut || now,
-                worker,
-            )
+            choose(&self.config, &self.rules, &self.keys, &self.store, &mut || now, worker)
         }
 
         fn name(&self, choice: &Choice) -> &str {
             match choice {
                 Choice::Route { vendor, .. } => &self.config.vendors[*vendor].name,
                 Choice::Reject { .. } => "(rejected)",
+                Choice::Nothing => "(nothing)",
             }
         }
 
@@ -362,11 +399,7 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(w.name(&w.choose(0, &mut turn)), "anthropic");
         }
-        assert_eq!(
-            w.store.reads.get() - reads,
-            10,
-            "one shared-data read per request"
-        );
+        assert_eq!(w.store.reads.get() - reads, 10, "one shared-data read per request");
     }
 
     #[test]
@@ -388,9 +421,7 @@ mod tests {
         let mut turn = w.worker();
         let mut counts = std::collections::HashMap::new();
         for _ in 0..400 {
-            *counts
-                .entry(w.name(&w.choose(0, &mut turn)).to_string())
-                .or_insert(0) += 1;
+            *counts.entry(w.name(&w.choose(0, &mut turn)).to_string()).or_insert(0) += 1;
         }
         assert_eq!(counts["a"], 300);
         assert_eq!(counts["b"], 100);
@@ -412,8 +443,7 @@ mod tests {
         for _ in 0..6 {
             let c = w.choose(10_000, &mut turn);
             if let Choice::Route {
-                transition: Some(_),
-                ..
+                transition: Some(_), ..
             } = &c
             {
                 transitions += 1;
@@ -422,19 +452,9 @@ mod tests {
         }
         assert_eq!(
             routed,
-            [
-                "anthropic",
-                "anthropic",
-                "anthropic",
-                "openai",
-                "openai",
-                "openai"
-            ]
+            ["anthropic", "anthropic", "anthropic", "openai", "openai", "openai"]
         );
-        assert_eq!(
-            transitions, 1,
-            "exactly one request reports open -> half-open"
-        );
+        assert_eq!(transitions, 1, "exactly one request reports open -> half-open");
     }
 
     #[test]
@@ -475,11 +495,7 @@ mod tests {
         let mut turn = w.worker();
         assert_eq!(w.name(&w.choose(10_000, &mut turn)), "anthropic");
         let st = load(&w.store, &w.keys[0], w.rules.window).unwrap().state;
-        assert!(
-            matches!(st.phase, Phase::HalfOpen { taken: 3, .. }),
-            "{:?}",
-            st.phase
-        );
+        assert!(matches!(st.phase, Phase::HalfOpen { taken: 3, .. }), "{:?}", st.phase);
         assert_eq!(w.name(&w.choose(10_000, &mut turn)), "openai");
     }
 
@@ -514,9 +530,7 @@ mod tests {
 
     #[test]
     fn all_down_reject_lists_every_vendor_soonest_first() {
-        let w = World::new(
-            r#"{"all_down":"reject","vendors":[{"name":"a"},{"name":"b","priority":1}]}"#,
-        );
+        let w = World::new(r#"{"all_down":"reject","vendors":[{"name":"a"},{"name":"b","priority":1}]}"#);
         w.eject(0, 30_000);
         w.eject(1, 20_000);
         let mut turn = w.worker();
@@ -525,10 +539,12 @@ mod tests {
             Choice::Reject {
                 due: vec![
                     Due {
+                        unit: 1,
                         vendor: 1,
                         due_ms: 20_000
                     },
                     Due {
+                        unit: 0,
                         vendor: 0,
                         due_ms: 30_000
                     }
@@ -581,14 +597,7 @@ mod tests {
                 clock_reads += 1;
                 0
             };
-            let c = choose(
-                &w.config,
-                &w.rules,
-                &w.keys,
-                &w.store,
-                &mut clock,
-                &mut worker,
-            );
+            let c = choose(&w.config, &w.rules, &w.keys, &w.store, &mut clock, &mut worker);
             assert_eq!(w.name(&c), "anthropic");
         }
         assert_eq!(w.store.reads.get(), reads, "no shared-data read");
@@ -603,11 +612,7 @@ mod tests {
         assert_eq!(w.name(&w.choose_cached(5_000, &mut worker)), "openai");
         let reads = w.store.reads.get();
         assert_eq!(w.name(&w.choose_cached(9_999, &mut worker)), "openai");
-        assert_eq!(
-            w.store.reads.get() - reads,
-            0,
-            "ejected primary judged from the copy"
-        );
+        assert_eq!(w.store.reads.get() - reads, 0, "ejected primary judged from the copy");
         // At 10 s the ejection has run out: fresh read, probe claimed.
         let c = w.choose_cached(10_000, &mut worker);
         assert_eq!(w.name(&c), "anthropic");
@@ -665,18 +670,12 @@ mod tests {
         let c = w.choose(0, &mut turn);
         assert_eq!(w.name(&c), "anthropic");
         // ...and the outcome repairs it.
-        if let Choice::Route {
-            ticket: Some(t), ..
-        } = c
-        {
+        if let Choice::Route { ticket: Some(t), .. } = c {
             update(&w.store, &w.keys[0], w.rules.window, |s| {
                 s.record(0, Verdict::Success, t, &w.rules)
             })
             .unwrap();
         }
-        assert_eq!(
-            load(&w.store, &w.keys[0], w.rules.window).unwrap().reset,
-            None
-        );
+        assert_eq!(load(&w.store, &w.keys[0], w.rules.window).unwrap().reset, None);
     }
 }

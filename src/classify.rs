@@ -114,10 +114,7 @@ impl Reason {
 
     /// Position in `ALL`, for per-reason stats.
     pub fn index(&self) -> usize {
-        Reason::ALL
-            .iter()
-            .position(|r| r.name() == self.name())
-            .unwrap_or(0)
+        Reason::ALL.iter().position(|r| r.name() == self.name()).unwrap_or(0)
     }
 }
 
@@ -164,9 +161,7 @@ impl Outcome {
             Outcome::Success => Verdict::Success,
             Outcome::Slow(_) => Verdict::Slow,
             Outcome::Failure(_) => Verdict::Failure,
-            Outcome::RateLimited(ms) => Verdict::RateLimited {
-                retry_after_ms: *ms,
-            },
+            Outcome::RateLimited(ms) => Verdict::RateLimited { retry_after_ms: *ms },
             Outcome::Neutral(_) => Verdict::Neutral,
         }
     }
@@ -301,11 +296,7 @@ mod tests {
     #[test]
     fn default_status_table() {
         for s in [500, 502, 503, 504, 529] {
-            assert_eq!(
-                judge(Some(s), 0),
-                Outcome::Failure(Reason::Status(s)),
-                "{s}"
-            );
+            assert_eq!(judge(Some(s), 0), Outcome::Failure(Reason::Status(s)), "{s}");
         }
         assert_eq!(judge(Some(401), 0), Outcome::Failure(Reason::Auth(401)));
         assert_eq!(judge(Some(403), 0), Outcome::Failure(Reason::Auth(403)));
@@ -326,10 +317,7 @@ mod tests {
             status: Some(401),
             ..Observed::default()
         };
-        assert_eq!(
-            classify(&seen, &without_auth, &LIMITS),
-            Outcome::Neutral(Some(401))
-        );
+        assert_eq!(classify(&seen, &without_auth, &LIMITS), Outcome::Neutral(Some(401)));
     }
 
     #[test]
@@ -352,42 +340,24 @@ mod tests {
             judge(Some(504), UPSTREAM_REQUEST_TIMEOUT),
             Outcome::Failure(Reason::Timeout)
         );
-        assert_eq!(
-            judge(Some(503), UPSTREAM_REMOTE_RESET),
-            Outcome::Failure(Reason::Reset)
-        );
+        assert_eq!(judge(Some(503), UPSTREAM_REMOTE_RESET), Outcome::Failure(Reason::Reset));
         assert_eq!(
             judge(Some(503), UPSTREAM_CONNECTION_TERMINATION),
             Outcome::Failure(Reason::Reset)
         );
-        assert_eq!(
-            judge(Some(503), UPSTREAM_OVERFLOW),
-            Outcome::Failure(Reason::Overflow)
-        );
+        assert_eq!(judge(Some(503), UPSTREAM_OVERFLOW), Outcome::Failure(Reason::Overflow));
         assert_eq!(
             judge(Some(503), NO_HEALTHY_UPSTREAM),
             Outcome::Failure(Reason::NoHealthyHost)
         );
-        assert_eq!(
-            judge(Some(503), NO_CLUSTER_FOUND),
-            Outcome::Failure(Reason::NoCluster)
-        );
-        assert_eq!(
-            judge(None, STREAM_IDLE_TIMEOUT),
-            Outcome::Failure(Reason::Timeout)
-        );
-        assert_eq!(
-            judge(Some(200), STREAM_IDLE_TIMEOUT),
-            Outcome::Failure(Reason::Stalled)
-        );
+        assert_eq!(judge(Some(503), NO_CLUSTER_FOUND), Outcome::Failure(Reason::NoCluster));
+        assert_eq!(judge(None, STREAM_IDLE_TIMEOUT), Outcome::Failure(Reason::Timeout));
+        assert_eq!(judge(Some(200), STREAM_IDLE_TIMEOUT), Outcome::Failure(Reason::Stalled));
     }
 
     #[test]
     fn a_200_cut_off_mid_stream_is_a_failure() {
-        assert_eq!(
-            judge(Some(200), UPSTREAM_REMOTE_RESET),
-            Outcome::Failure(Reason::Reset)
-        );
+        assert_eq!(judge(Some(200), UPSTREAM_REMOTE_RESET), Outcome::Failure(Reason::Reset));
         assert_eq!(
             judge(Some(200), UPSTREAM_PROTOCOL_ERROR),
             Outcome::Failure(Reason::Reset)
@@ -404,10 +374,7 @@ mod tests {
         let error = Ending::Error(StreamError {
             kind: "overloaded_error".into(),
         });
-        assert_eq!(
-            judge_seen(stream(error)),
-            Outcome::Failure(Reason::StreamError)
-        );
+        assert_eq!(judge_seen(stream(error)), Outcome::Failure(Reason::StreamError));
         assert_eq!(
             judge_seen(stream(Ending::Truncated)),
             Outcome::Failure(Reason::Truncated)
@@ -425,24 +392,15 @@ mod tests {
             ..Observed::default()
         };
         assert_eq!(judge_seen(timed(Some(1_000), Some(500))), Outcome::Success);
-        assert_eq!(
-            judge_seen(timed(Some(1_001), None)),
-            Outcome::Slow(Slowness::FirstByte)
-        );
-        assert_eq!(
-            judge_seen(timed(Some(10), Some(501))),
-            Outcome::Slow(Slowness::Stall)
-        );
+        assert_eq!(judge_seen(timed(Some(1_001), None)), Outcome::Slow(Slowness::FirstByte));
+        assert_eq!(judge_seen(timed(Some(10), Some(501))), Outcome::Slow(Slowness::Stall));
         let off = SlowLimits {
             first_byte_ms: None,
             stall_ms: None,
             ratio: 1.0,
         };
         let seen = timed(Some(99_999), Some(99_999));
-        assert_eq!(
-            classify(&seen, &StatusSet::new(&[500]), &off),
-            Outcome::Success
-        );
+        assert_eq!(classify(&seen, &StatusSet::new(&[500]), &off), Outcome::Success);
     }
 
     #[test]
@@ -487,10 +445,7 @@ mod tests {
     #[test]
     fn upstream_failure_outranks_the_client_leaving() {
         assert_eq!(
-            judge(
-                Some(200),
-                UPSTREAM_REMOTE_RESET | DOWNSTREAM_CONNECTION_TERMINATION
-            ),
+            judge(Some(200), UPSTREAM_REMOTE_RESET | DOWNSTREAM_CONNECTION_TERMINATION),
             Outcome::Failure(Reason::Reset)
         );
     }

@@ -41,10 +41,7 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::Corrupt(why) => write!(f, "corrupt state ({why})"),
-            DecodeError::Version(v) => write!(
-                f,
-                "state written by format version {v}, this is {FORMAT_VERSION}"
-            ),
+            DecodeError::Version(v) => write!(f, "state written by format version {v}, this is {FORMAT_VERSION}"),
             DecodeError::WindowChanged => f.write_str("window shape changed by the configuration"),
         }
     }
@@ -105,9 +102,7 @@ pub fn decode(bytes: &[u8], spec: WindowSpec) -> Result<VendorState, DecodeError
     if version != FORMAT_VERSION {
         return Err(DecodeError::Version(version));
     }
-    let (body, sum) = bytes
-        .split_last_chunk::<4>()
-        .ok_or(DecodeError::Corrupt("too short"))?;
+    let (body, sum) = bytes.split_last_chunk::<4>().ok_or(DecodeError::Corrupt("too short"))?;
     if fnv1a(body) != u32::from_le_bytes(*sum) {
         return Err(DecodeError::Corrupt("checksum mismatch"));
     }
@@ -148,8 +143,7 @@ pub fn decode(bytes: &[u8], spec: WindowSpec) -> Result<VendorState, DecodeError
             slow: r.u32()?,
         });
     }
-    let window =
-        Window::from_parts(spec, head, ring).ok_or(DecodeError::Corrupt("bucket count"))?;
+    let window = Window::from_parts(spec, head, ring).ok_or(DecodeError::Corrupt("bucket count"))?;
     Ok(VendorState {
         phase,
         generation,
@@ -169,14 +163,8 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .ok_or(DecodeError::Corrupt("too short"))?;
-        let slice = self
-            .bytes
-            .get(self.at..end)
-            .ok_or(DecodeError::Corrupt("too short"))?;
+        let end = self.at.checked_add(n).ok_or(DecodeError::Corrupt("too short"))?;
+        let slice = self.bytes.get(self.at..end).ok_or(DecodeError::Corrupt("too short"))?;
         self.at = end;
         Ok(slice)
     }
@@ -264,10 +252,7 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = blob.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(
-                    decode(&bad, SPEC).is_err(),
-                    "flip at byte {byte} bit {bit} accepted"
-                );
+                assert!(decode(&bad, SPEC).is_err(), "flip at byte {byte} bit {bit} accepted");
             }
         }
     }

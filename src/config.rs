@@ -27,6 +27,127 @@ pub struct Vendor {
     pub priority: u32,
     /// Share of traffic among healthy vendors of the same priority.
     pub weight: u32,
+    /// `:authority` to send (the vendor's API host); `None`: unchanged.
+    pub host: Option<String>,
+    /// The vendor's API key, read from the environment variable the
+    /// operator named (`api_key_env`); never from the filter JSON.
+    pub api_key: Option<Secret>,
+    /// Which client API formats the vendor serves, and at which path.
+    pub paths: Paths,
+    /// Requested model → the vendor's model; `None`: any model, unchanged.
+    /// A `"*"` entry maps every model not listed.
+    pub models: Option<Vec<(String, String)>>,
+}
+
+/// The client API formats the filter understands, told apart by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// OpenAI chat completions (and every OpenAI-compatible API).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl Format {
+    pub const ALL: [Format; 2] = [Format::OpenAi, Format::Anthropic];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Format::OpenAi => "openai",
+            Format::Anthropic => "anthropic",
+        }
+    }
+
+    /// The format a request path speaks, if any.
+    pub fn of_path(path: &[u8]) -> Option<Format> {
+        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+        if path.ends_with(b"/chat/completions") {
+            Some(Format::OpenAi)
+        } else if path.ends_with(b"/messages") {
+            Some(Format::Anthropic)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where a vendor serves each client format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paths {
+    /// Every format, at the path the client used.
+    Unchanged,
+    /// Only the listed formats, each at its path.
+    Only(Vec<(Format, String)>),
+}
+
+impl Paths {
+    /// `Some(None)`: served at the client's path; `Some(Some(p))`: at `p`;
+    /// `None`: not served.
+    pub fn for_format(&self, format: Format) -> Option<Option<&str>> {
+        match self {
+            Paths::Unchanged => Some(None),
+            Paths::Only(list) => list.iter().find(|(f, _)| *f == format).map(|(_, p)| Some(p.as_str())),
+        }
+    }
+}
+
+/// A value that never shows in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A unit of health: a vendor as a whole (`model: None`, for models it
+/// passes through unchanged) or one of its configured models. Units
+/// `0..vendors.len()` are the vendors' pass-through units, in config order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub vendor: usize,
+    pub model: Option<String>,
+}
+
+/// One way to serve a request in a route group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub vendor: usize,
+    /// The model to ask the vendor for; `None`: the requested one.
+    pub model: Option<String>,
+    /// Tokens the model accepts; a request that overflows a smaller window
+    /// is rescued by a target with a larger one.
+    pub context_window: Option<u64>,
+    pub unit: usize,
+}
+
+/// Requested models that share an ordered list of targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub models: Vec<String>,
+    pub targets: Vec<Target>,
+}
+
+/// Same-request failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rescue {
+    /// Attempts per request, the first included; 1 turns rescue off.
+    pub max_attempts: u32,
+    /// No new attempt starts this long after the request arrived.
+    pub deadline_ms: u64,
+    /// Request bodies up to this size are buffered for rescue and rewriting;
+    /// larger ones pass through untouched, without rescue.
+    pub max_body_bytes: u64,
+    /// A streamed answer whose first event has not arrived this long after
+    /// the request is abandoned and rescued; `None`: no limit.
+    pub first_token_ms: Option<u64>,
 }
 
 /// Sliding window shape: `buckets` buckets of `bucket_ms` each.
@@ -175,6 +296,10 @@ pub struct Config {
     pub all_down: AllDown,
     /// How often each worker refreshes the state gauges from shared data.
     pub refresh_ms: u64,
+    pub groups: Vec<Group>,
+    /// Every health unit: the vendors' pass-through units first.
+    pub units: Vec<Unit>,
+    pub rescue: Rescue,
 }
 
 /// A configuration problem: which field, and what is wrong with it.
@@ -203,26 +328,38 @@ impl Config {
     /// Parses the filter JSON. An empty configuration is refused because
     /// there is no sensible default for the vendor list.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_with_env(bytes, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses with `env` standing in for the process environment (where
+    /// vendors' API keys are read from).
+    pub fn parse_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let value: Value = match serde_json::from_slice(bytes) {
             Ok(v) => v,
             Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
         };
         let root = Fields::new("", &value)?;
         let cluster_header = root.header_name("cluster_header", DEFAULT_CLUSTER_HEADER)?;
-        let vendor_header =
-            match root.header_name_or_empty("vendor_header", DEFAULT_VENDOR_HEADER)? {
-                h if h.is_empty() => None,
-                h => Some(h),
-            };
+        let vendor_header = match root.header_name_or_empty("vendor_header", DEFAULT_VENDOR_HEADER)? {
+            h if h.is_empty() => None,
+            h => Some(h),
+        };
         if vendor_header.as_deref() == Some(cluster_header.as_str()) {
             return err("vendor_header", "must differ from `cluster_header`");
         }
-        let vendors = parse_vendors(&root)?;
+        let vendors = parse_vendors(&root, env)?;
+        let mut units: Vec<Unit> = (0..vendors.len()).map(|vendor| Unit { vendor, model: None }).collect();
+        for (vendor, v) in vendors.iter().enumerate() {
+            for (_, model) in v.models.iter().flatten() {
+                unit_for(&mut units, vendor, Some(model));
+            }
+        }
+        let groups = parse_groups(&root, &vendors, &mut units)?;
+        let rescue = parse_rescue(&root)?;
         let window = parse_window(&root)?;
         let slow = parse_slow(&root)?;
         let mut trip = parse_trip(&root)?;
-        trip.slow_ratio =
-            (slow.first_byte_ms.is_some() || slow.stall_ms.is_some()).then_some(slow.ratio);
+        trip.slow_ratio = (slow.first_byte_ms.is_some() || slow.stall_ms.is_some()).then_some(slow.ratio);
         let rate_limit = parse_rate_limit(&root)?;
         let ejection = parse_ejection(&root)?;
         let recovery = parse_recovery(&root)?;
@@ -230,12 +367,7 @@ impl Config {
         let all_down = match root.string("all_down")?.as_deref() {
             None | Some("soonest") => AllDown::Soonest,
             Some("reject") => AllDown::Reject,
-            Some(other) => {
-                return err(
-                    "all_down",
-                    format!("must be \"soonest\" or \"reject\", got {other:?}"),
-                )
-            }
+            Some(other) => return err("all_down", format!("must be \"soonest\" or \"reject\", got {other:?}")),
         };
         let refresh_ms = root.duration_in("refresh_interval", 1_000, 100, 60_000)?;
         root.finish()?;
@@ -257,11 +389,148 @@ impl Config {
             rate_limit,
             all_down,
             refresh_ms,
+            groups,
+            units,
+            rescue,
         })
     }
 }
 
-fn parse_vendors(root: &Fields) -> Result<Vec<Vendor>, ConfigError> {
+/// The index of the unit (vendor, model), added if new.
+fn unit_for(units: &mut Vec<Unit>, vendor: usize, model: Option<&String>) -> usize {
+    if let Some(i) = units
+        .iter()
+        .position(|u| u.vendor == vendor && u.model.as_ref() == model)
+    {
+        return i;
+    }
+    units.push(Unit {
+        vendor,
+        model: model.cloned(),
+    });
+    units.len() - 1
+}
+
+fn model_name(f: &Fields, key: &'static str, value: &Value, path: &str) -> Result<String, ConfigError> {
+    let _ = (f, key);
+    match value.as_str() {
+        Some(m) if !m.is_empty() && m.len() <= 256 && !m.chars().any(char::is_control) => Ok(m.to_string()),
+        _ => err(
+            path,
+            format!("must be a model name (1 to 256 characters, no control characters), got {value}"),
+        ),
+    }
+}
+
+fn parse_groups(root: &Fields, vendors: &[Vendor], units: &mut Vec<Unit>) -> Result<Vec<Group>, ConfigError> {
+    let list = match root.get("groups") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(other) => return err("groups", format!("must be a list, got {}", kind(other))),
+    };
+    let mut groups: Vec<Group> = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let path = format!("groups[{i}]");
+        let f = Fields::new(&path, item)?;
+        let models = match f.get("models") {
+            Some(Value::Array(ms)) if !ms.is_empty() => ms
+                .iter()
+                .enumerate()
+                .map(|(j, m)| model_name(&f, "models", m, &format!("{path}.models[{j}]")))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(Value::String(m)) => vec![model_name(&f, "models", &Value::String(m.clone()), &f.path("models"))?],
+            _ => {
+                return err(
+                    &f.path("models"),
+                    "must list the requested model names the group serves",
+                )
+            }
+        };
+        for m in &models {
+            if groups.iter().any(|g| g.models.contains(m)) {
+                return err(
+                    &f.path("models"),
+                    format!("{m:?} is already served by an earlier group"),
+                );
+            }
+        }
+        let raw_targets = match f.get("targets") {
+            Some(Value::Array(ts)) if !ts.is_empty() => ts,
+            _ => {
+                return err(
+                    &f.path("targets"),
+                    "must list at least one target ({\"vendor\": ..., \"model\": ...})",
+                )
+            }
+        };
+        let mut targets = Vec::with_capacity(raw_targets.len());
+        for (j, t) in raw_targets.iter().enumerate() {
+            let tpath = format!("{path}.targets[{j}]");
+            let tf = Fields::new(&tpath, t)?;
+            let Some(vendor_name) = tf.string("vendor")? else {
+                return err(&tf.path("vendor"), "is required");
+            };
+            let Some(vendor) = vendors.iter().position(|v| v.name == vendor_name) else {
+                return err(
+                    &tf.path("vendor"),
+                    format!("{vendor_name:?} is not a configured vendor"),
+                );
+            };
+            let model = match tf.get("model") {
+                None => None,
+                Some(v) => Some(model_name(&tf, "model", v, &tf.path("model"))?),
+            };
+            let context_window = match tf.get("context_window") {
+                None => None,
+                Some(v) => match v.as_u64() {
+                    Some(n) if n > 0 => Some(n),
+                    _ => {
+                        return err(
+                            &tf.path("context_window"),
+                            format!("must be a positive number of tokens, got {v}"),
+                        )
+                    }
+                },
+            };
+            tf.finish()?;
+            let unit = unit_for(units, vendor, model.as_ref());
+            targets.push(Target {
+                vendor,
+                model,
+                context_window,
+                unit,
+            });
+        }
+        f.finish()?;
+        groups.push(Group { models, targets });
+    }
+    Ok(groups)
+}
+
+fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
+    let default = Rescue {
+        max_attempts: 3,
+        deadline_ms: 120_000,
+        max_body_bytes: 512 * 1024,
+        first_token_ms: None,
+    };
+    let Some(f) = root.section("rescue")? else {
+        return Ok(default);
+    };
+    let max_attempts = f.integer_in("max_attempts", 3, 1, 10)? as u32;
+    let deadline_ms = f.duration_in("deadline", default.deadline_ms, 100, 3_600_000)?;
+    let max_body_bytes = f.integer_in("max_body_bytes", default.max_body_bytes, 0, 64 * 1024 * 1024)?;
+    let first_token_ms = f.optional_duration("first_token_timeout", None, 10, 3_600_000)?;
+    f.finish()?;
+    Ok(Rescue {
+        max_attempts,
+        deadline_ms,
+        max_body_bytes,
+        first_token_ms,
+    })
+}
+
+fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Vendor>, ConfigError> {
     let list = match root.get("vendors") {
         None => return err("vendors", "is required: list at least one vendor"),
         Some(Value::Array(list)) => list,
@@ -273,10 +542,7 @@ fn parse_vendors(root: &Fields) -> Result<Vec<Vendor>, ConfigError> {
     if list.len() > MAX_VENDORS {
         return err(
             "vendors",
-            format!(
-                "lists {} vendors; at most {MAX_VENDORS} are supported",
-                list.len()
-            ),
+            format!("lists {} vendors; at most {MAX_VENDORS} are supported", list.len()),
         );
     }
     let mut vendors: Vec<Vendor> = Vec::with_capacity(list.len());
@@ -300,10 +566,7 @@ fn parse_vendors(root: &Fields) -> Result<Vec<Vendor>, ConfigError> {
             );
         }
         if vendors.iter().any(|v| v.name == name) {
-            return err(
-                &f.path("name"),
-                format!("{name:?} is used by an earlier vendor"),
-            );
+            return err(&f.path("name"), format!("{name:?} is used by an earlier vendor"));
         }
         let cluster = f.string("cluster")?.unwrap_or_else(|| name.clone());
         if cluster.is_empty() || cluster.len() > 255 {
@@ -317,12 +580,87 @@ fn parse_vendors(root: &Fields) -> Result<Vec<Vendor>, ConfigError> {
         }
         let priority = f.integer_in("priority", 0, 0, 1_000)? as u32;
         let weight = f.integer_in("weight", 1, 1, 10_000)? as u32;
+        let host = f.string("host")?;
+        if let Some(h) = &host {
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)) {
+                return err(
+                    &f.path("host"),
+                    format!("{h:?} is not a host name (with an optional port)"),
+                );
+            }
+        }
+        let api_key = match f.string("api_key_env")? {
+            None => None,
+            Some(var) => match env(&var) {
+                Some(key) if !key.is_empty() => {
+                    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                        return err(
+                            &f.path("api_key_env"),
+                            format!("environment variable {var} holds characters a header cannot carry"),
+                        );
+                    }
+                    Some(Secret(key))
+                }
+                _ => {
+                    return err(
+                        &f.path("api_key_env"),
+                        format!(
+                            "environment variable {var} is not set or empty (give it to the VM with vm_config.environment_variables)"
+                        ),
+                    )
+                }
+            },
+        };
+        let paths = match f.section("paths")? {
+            None => Paths::Unchanged,
+            Some(pf) => {
+                let mut list = Vec::new();
+                for format in Format::ALL {
+                    if let Some(p) = pf.string(format.key())? {
+                        if !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()) {
+                            return err(
+                                &pf.path(format.key()),
+                                format!("{p:?} must be a URL path starting with '/'"),
+                            );
+                        }
+                        list.push((format, p));
+                    }
+                }
+                pf.finish()?;
+                if list.is_empty() {
+                    return err(&f.path("paths"), "must name at least one of \"openai\", \"anthropic\"");
+                }
+                Paths::Only(list)
+            }
+        };
+        let models = match f.get("models") {
+            None => None,
+            Some(Value::Object(map)) if !map.is_empty() => {
+                let mut list = Vec::with_capacity(map.len());
+                for (requested, to) in map {
+                    let mpath = format!("{}.{requested}", f.path("models"));
+                    model_name(&f, "models", &Value::String(requested.clone()), &mpath)?;
+                    list.push((requested.clone(), model_name(&f, "models", to, &mpath)?));
+                }
+                Some(list)
+            }
+            Some(other) => {
+                return err(
+                    &f.path("models"),
+                    format!("must map requested model names to the vendor's, got {}", kind(other)),
+                )
+            }
+        };
         f.finish()?;
         vendors.push(Vendor {
             name,
             cluster,
             priority,
             weight,
+            host,
+            api_key,
+            paths,
+            models,
         });
     }
     Ok(vendors)
@@ -348,9 +686,7 @@ fn parse_window(root: &Fields) -> Result<WindowSpec, ConfigError> {
     if bucket_ms < 10 {
         return err(
             "window.buckets",
-            format!(
-                "{buckets} buckets make {bucket_ms} ms buckets; each bucket must be at least 10ms"
-            ),
+            format!("{buckets} buckets make {bucket_ms} ms buckets; each bucket must be at least 10ms"),
         );
     }
     Ok(WindowSpec {
@@ -409,12 +745,7 @@ fn parse_rate_limit(root: &Fields) -> Result<RateLimit, ConfigError> {
         });
     };
     let default_cooldown_ms = f.duration_in("default_cooldown", 5_000, 0, 3_600_000)?;
-    let max_cooldown_ms = f.duration_in(
-        "max_cooldown",
-        60_000.max(default_cooldown_ms),
-        0,
-        86_400_000,
-    )?;
+    let max_cooldown_ms = f.duration_in("max_cooldown", 60_000.max(default_cooldown_ms), 0, 86_400_000)?;
     if max_cooldown_ms < default_cooldown_ms {
         return err(
             &f.path("max_cooldown"),
@@ -585,10 +916,7 @@ impl<'a> Fields<'a> {
                 expected.sort_unstable();
                 err(
                     &self.path(unknown),
-                    format!(
-                        "is not a known field (expected one of: {})",
-                        expected.join(", ")
-                    ),
+                    format!("is not a known field (expected one of: {})", expected.join(", ")),
                 )
             }
             None => Ok(()),
@@ -606,20 +934,11 @@ impl<'a> Fields<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => err(
-                &self.path(key),
-                format!("must be a string, got {}", kind(other)),
-            ),
+            Some(other) => err(&self.path(key), format!("must be a string, got {}", kind(other))),
         }
     }
 
-    fn integer_in(
-        &self,
-        key: &'static str,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> Result<u64, ConfigError> {
+    fn integer_in(&self, key: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => match v.as_u64() {
@@ -632,13 +951,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn duration_in(
-        &self,
-        key: &'static str,
-        default_ms: u64,
-        min_ms: u64,
-        max_ms: u64,
-    ) -> Result<u64, ConfigError> {
+    fn duration_in(&self, key: &'static str, default_ms: u64, min_ms: u64, max_ms: u64) -> Result<u64, ConfigError> {
         let Some(text) = self.string(key)? else {
             return Ok(default_ms);
         };
@@ -706,11 +1019,7 @@ impl<'a> Fields<'a> {
         Ok(name)
     }
 
-    fn header_name_or_empty(
-        &self,
-        key: &'static str,
-        default: &str,
-    ) -> Result<String, ConfigError> {
+    fn header_name_or_empty(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
         let name = self.string(key)?.unwrap_or_else(|| default.to_string());
         let valid = name
             .bytes()
@@ -750,8 +1059,23 @@ mod tests {
                 name: "anthropic".into(),
                 cluster: "anthropic".into(),
                 priority: 0,
-                weight: 1
+                weight: 1,
+                host: None,
+                api_key: None,
+                paths: Paths::Unchanged,
+                models: None,
             }]
+        );
+        assert_eq!(c.units, vec![Unit { vendor: 0, model: None }]);
+        assert!(c.groups.is_empty());
+        assert_eq!(
+            c.rescue,
+            Rescue {
+                max_attempts: 3,
+                deadline_ms: 120_000,
+                max_body_bytes: 512 * 1024,
+                first_token_ms: None
+            }
         );
         assert_eq!(
             c.window,
@@ -884,39 +1208,18 @@ mod tests {
             (r#"{"vendors":[7]}"#, "vendors[0]"),
             (r#"{"vendors":[{}]}"#, "vendors[0].name"),
             (r#"{"vendors":[{"name":"Open AI"}]}"#, "vendors[0].name"),
-            (
-                r#"{"vendors":[{"name":"a"},{"name":"a"}]}"#,
-                "vendors[1].name",
-            ),
+            (r#"{"vendors":[{"name":"a"},{"name":"a"}]}"#, "vendors[1].name"),
             (
                 r#"{"vendors":[{"name":"a","cluster":"has space"}]}"#,
                 "vendors[0].cluster",
             ),
-            (
-                r#"{"vendors":[{"name":"a","cluster":""}]}"#,
-                "vendors[0].cluster",
-            ),
-            (
-                r#"{"vendors":[{"name":"a","priority":-1}]}"#,
-                "vendors[0].priority",
-            ),
-            (
-                r#"{"vendors":[{"name":"a","weight":0}]}"#,
-                "vendors[0].weight",
-            ),
-            (
-                r#"{"vendors":[{"name":"a","weight":"2"}]}"#,
-                "vendors[0].weight",
-            ),
-            (
-                r#"{"vendors":[{"name":"a","color":"red"}]}"#,
-                "vendors[0].color",
-            ),
+            (r#"{"vendors":[{"name":"a","cluster":""}]}"#, "vendors[0].cluster"),
+            (r#"{"vendors":[{"name":"a","priority":-1}]}"#, "vendors[0].priority"),
+            (r#"{"vendors":[{"name":"a","weight":0}]}"#, "vendors[0].weight"),
+            (r#"{"vendors":[{"name":"a","weight":"2"}]}"#, "vendors[0].weight"),
+            (r#"{"vendors":[{"name":"a","color":"red"}]}"#, "vendors[0].color"),
             (r#"{"vendors":[{"name":"a"}],"colour":1}"#, "colour"),
-            (
-                r#"{"vendors":[{"name":"a"}],"cluster_header":""}"#,
-                "cluster_header",
-            ),
+            (r#"{"vendors":[{"name":"a"}],"cluster_header":""}"#, "cluster_header"),
             (
                 r#"{"vendors":[{"name":"a"}],"cluster_header":"X-Upper"}"#,
                 "cluster_header",
@@ -941,10 +1244,7 @@ mod tests {
                 r#"{"vendors":[{"name":"a"}],"window":{"length":"100ms","buckets":20}}"#,
                 "window.buckets",
             ),
-            (
-                r#"{"vendors":[{"name":"a"}],"window":{"size":"10s"}}"#,
-                "window.size",
-            ),
+            (r#"{"vendors":[{"name":"a"}],"window":{"size":"10s"}}"#, "window.size"),
             (r#"{"vendors":[{"name":"a"}],"window":5}"#, "window"),
             (
                 r#"{"vendors":[{"name":"a"}],"trip":{"failure_ratio":1.5}}"#,
@@ -998,10 +1298,7 @@ mod tests {
                 r#"{"vendors":[{"name":"a"}],"failure_statuses":[503,700]}"#,
                 "failure_statuses[1]",
             ),
-            (
-                r#"{"vendors":[{"name":"a"}],"all_down":"panic"}"#,
-                "all_down",
-            ),
+            (r#"{"vendors":[{"name":"a"}],"all_down":"panic"}"#, "all_down"),
             (
                 r#"{"vendors":[{"name":"a"}],"refresh_interval":"1ms"}"#,
                 "refresh_interval",
@@ -1020,24 +1317,135 @@ mod tests {
             "config field `trip.failure_ratio`: must be greater than 0 and at most 1, got 1.5"
         );
         let e = parse(r#"{"vendors":[{"name":"a"}],"window":{"size":"10s"}}"#).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("`window.size`: is not a known field"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("`window.size`: is not a known field"), "{e}");
         assert!(e.to_string().contains("length"), "{e}");
     }
 
     #[test]
-    fn slowness_limits_can_be_turned_off() {
-        let c = parse(r#"{"vendors":[{"name":"a"}],"slow":{"first_byte":"off","stall":null}}"#)
-            .unwrap();
-        assert_eq!((c.slow.first_byte_ms, c.slow.stall_ms), (None, None));
-        assert_eq!(c.trip.slow_ratio, None, "no limit, no slow trips");
-        let c = parse(
-            r#"{"vendors":[{"name":"a"}],"slow":{"first_byte":"2s","stall":"off","ratio":0.5}}"#,
+    fn vendor_adaptation_groups_and_units() {
+        let env = |name: &str| (name == "ANTHROPIC_KEY").then(|| "sk-ant-secret".to_string());
+        let c = Config::parse_with_env(
+            br#"{
+            "vendors": [
+                {"name": "anthropic", "host": "api.anthropic.com", "api_key_env": "ANTHROPIC_KEY",
+                 "paths": {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"},
+                 "models": {"claude-opus": "claude-opus-4-1", "*": "claude-sonnet-4-5"}},
+                {"name": "openai", "paths": {"openai": "/openai/v1/chat/completions"}},
+                {"name": "xai"}
+            ],
+            "groups": [
+                {"models": ["opus", "claude-opus"], "targets": [
+                    {"vendor": "anthropic", "model": "claude-opus-4-1", "context_window": 200000},
+                    {"vendor": "openai", "model": "gpt-4.1", "context_window": 1000000},
+                    {"vendor": "xai"}
+                ]}
+            ],
+            "rescue": {"max_attempts": 2, "deadline": "30s", "max_body_bytes": 1024, "first_token_timeout": "5s"}
+        }"#,
+            &env,
         )
         .unwrap();
+        let a = &c.vendors[0];
+        assert_eq!(a.host.as_deref(), Some("api.anthropic.com"));
+        assert_eq!(a.api_key.as_ref().map(Secret::expose), Some("sk-ant-secret"));
+        assert_eq!(format!("{:?}", a.api_key), "Some([redacted])", "keys never show");
+        assert_eq!(a.paths.for_format(Format::Anthropic), Some(Some("/v1/messages")));
+        assert_eq!(c.vendors[1].paths.for_format(Format::Anthropic), None);
+        assert_eq!(c.vendors[2].paths.for_format(Format::OpenAi), Some(None));
+        // Units: three pass-through, two from anthropic's map, one from the group.
+        let units: Vec<(usize, Option<&str>)> = c.units.iter().map(|u| (u.vendor, u.model.as_deref())).collect();
+        assert_eq!(
+            units,
+            vec![
+                (0, None),
+                (1, None),
+                (2, None),
+                (0, Some("claude-sonnet-4-5")),
+                (0, Some("claude-opus-4-1")),
+                (1, Some("gpt-4.1"))
+            ]
+        );
+        let g = &c.groups[0];
+        assert_eq!(g.models, vec!["opus", "claude-opus"]);
+        assert_eq!(g.targets.iter().map(|t| t.unit).collect::<Vec<_>>(), vec![4, 5, 2]);
+
+        assert_eq!(g.targets[2].model, None);
+        assert_eq!(c.rescue.first_token_ms, Some(5_000));
+    }
+
+    #[test]
+    fn adaptation_errors_name_their_field() {
+        let none = |_: &str| None;
+        let cases = [
+            (
+                r#"{"vendors":[{"name":"a","api_key_env":"NOPE"}]}"#,
+                "vendors[0].api_key_env",
+            ),
+            (r#"{"vendors":[{"name":"a","host":"bad host"}]}"#, "vendors[0].host"),
+            (r#"{"vendors":[{"name":"a","paths":{}}]}"#, "vendors[0].paths"),
+            (
+                r#"{"vendors":[{"name":"a","paths":{"openai":"v1/chat"}}]}"#,
+                "vendors[0].paths.openai",
+            ),
+            (
+                r#"{"vendors":[{"name":"a","paths":{"gemini":"/x"}}]}"#,
+                "vendors[0].paths.gemini",
+            ),
+            (r#"{"vendors":[{"name":"a","models":{"x":""}}]}"#, "vendors[0].models.x"),
+            (r#"{"vendors":[{"name":"a","models":[]}]}"#, "vendors[0].models"),
+            (r#"{"vendors":[{"name":"a"}],"groups":{}}"#, "groups"),
+            (
+                r#"{"vendors":[{"name":"a"}],"groups":[{"targets":[{"vendor":"a"}]}]}"#,
+                "groups[0].models",
+            ),
+            (
+                r#"{"vendors":[{"name":"a"}],"groups":[{"models":["m"]}]}"#,
+                "groups[0].targets",
+            ),
+            (
+                r#"{"vendors":[{"name":"a"}],"groups":[{"models":["m"],"targets":[{"vendor":"b"}]}]}"#,
+                "groups[0].targets[0].vendor",
+            ),
+            (
+                r#"{"vendors":[{"name":"a"}],"groups":[{"models":["m"],"targets":[{"vendor":"a","context_window":0}]}]}"#,
+                "groups[0].targets[0].context_window",
+            ),
+            (
+                r#"{"vendors":[{"name":"a"}],"groups":[{"models":["m"],"targets":[{"vendor":"a","weight":2}]}]}"#,
+                "groups[0].targets[0].weight",
+            ),
+            (
+                r#"{"vendors":[{"name":"a"}],"groups":[{"models":["m"],"targets":[{"vendor":"a"}]},{"models":["m"],"targets":[{"vendor":"a"}]}]}"#,
+                "groups[1].models",
+            ),
+            (
+                r#"{"vendors":[{"name":"a"}],"rescue":{"max_attempts":0}}"#,
+                "rescue.max_attempts",
+            ),
+            (
+                r#"{"vendors":[{"name":"a"}],"rescue":{"deadline":"0s"}}"#,
+                "rescue.deadline",
+            ),
+            (
+                r#"{"vendors":[{"name":"a"}],"rescue":{"first_token_timeout":"soon"}}"#,
+                "rescue.first_token_timeout",
+            ),
+            (r#"{"vendors":[{"name":"a"}],"rescue":{"retries":1}}"#, "rescue.retries"),
+        ];
+        for (json, field) in cases {
+            let e = Config::parse_with_env(json.as_bytes(), &none).expect_err(json);
+            assert_eq!(e.field, field, "config {json}: {e}");
+        }
+        let e = Config::parse_with_env(br#"{"vendors":[{"name":"a","api_key_env":"K"}]}"#, &none).unwrap_err();
+        assert!(e.problem.contains("environment variable K"), "{e}");
+    }
+
+    #[test]
+    fn slowness_limits_can_be_turned_off() {
+        let c = parse(r#"{"vendors":[{"name":"a"}],"slow":{"first_byte":"off","stall":null}}"#).unwrap();
+        assert_eq!((c.slow.first_byte_ms, c.slow.stall_ms), (None, None));
+        assert_eq!(c.trip.slow_ratio, None, "no limit, no slow trips");
+        let c = parse(r#"{"vendors":[{"name":"a"}],"slow":{"first_byte":"2s","stall":"off","ratio":0.5}}"#).unwrap();
         assert_eq!((c.slow.first_byte_ms, c.slow.stall_ms), (Some(2_000), None));
         assert_eq!(c.trip.slow_ratio, Some(0.5));
     }
@@ -1124,12 +1532,7 @@ mod tests {
             "[503]",
             "[600]",
         ];
-        fn value(
-            depth: u32,
-            next: &mut dyn FnMut() -> u64,
-            keys: &[&str],
-            scalars: &[&str],
-        ) -> String {
+        fn value(depth: u32, next: &mut dyn FnMut() -> u64, keys: &[&str], scalars: &[&str]) -> String {
             match next() % 4 {
                 0 if depth < 3 => {
                     let n = next() % 5;
@@ -1143,9 +1546,7 @@ mod tests {
                 }
                 1 if depth < 3 => {
                     let n = next() % 4;
-                    let items: Vec<String> = (0..n)
-                        .map(|_| value(depth + 1, next, keys, scalars))
-                        .collect();
+                    let items: Vec<String> = (0..n).map(|_| value(depth + 1, next, keys, scalars)).collect();
                     format!("[{}]", items.join(","))
                 }
                 _ => scalars[(next() % scalars.len() as u64) as usize].to_string(),
@@ -1167,11 +1568,7 @@ mod tests {
             match Config::parse(&doc) {
                 Ok(c) => assert!(!c.vendors.is_empty()),
                 Err(e) => {
-                    assert!(
-                        !e.field.is_empty(),
-                        "no field for {:?}",
-                        String::from_utf8_lossy(&doc)
-                    );
+                    assert!(!e.field.is_empty(), "no field for {:?}", String::from_utf8_lossy(&doc));
                     assert!(!e.problem.is_empty());
                 }
             }
@@ -1180,9 +1577,7 @@ mod tests {
 
     #[test]
     fn too_many_vendors_are_refused() {
-        let vendors: Vec<String> = (0..=MAX_VENDORS)
-            .map(|i| format!(r#"{{"name":"v{i}"}}"#))
-            .collect();
+        let vendors: Vec<String> = (0..=MAX_VENDORS).map(|i| format!(r#"{{"name":"v{i}"}}"#)).collect();
         let json = format!(r#"{{"vendors":[{}]}}"#, vendors.join(","));
         assert_eq!(field_of(&json), "vendors");
     }

@@ -11,22 +11,31 @@
 //! `batch`). On its tick each worker writes its batch, re-reads every
 //! vendor into its copy and the gauges. A change that matters for routing is
 //! announced to every worker through shared queues (see `notify`).
+//!
+//! Requests in a known API format go further (see `journey`): their body is
+//! read before routing, the route group and vendor model are picked, and a
+//! first attempt that fails before any byte reached the client is rescued.
 
+use crate::adapt;
 use crate::batch::Batch;
 use crate::choice::{self, Choice, Worker};
 use crate::classify::{self, Observed, Outcome, Reason};
-use crate::config::Config;
+use crate::config::{Config, Format};
 use crate::health::{PhaseKind, Rules, Ticket, Transition, VendorState, Verdict};
 use crate::host::{self, SharedData, REQUEST_HEADERS, RESPONSE_HEADERS};
+use crate::journey::{Journey, JourneyRef, Stage};
 use crate::metrics::{self, GlobalStats, VendorStats};
 use crate::notify;
+use crate::plan;
 use crate::ratelimit;
 use crate::reply;
+use crate::rescue::{self, Flight, Move};
 use crate::sse::{self, Ending, Scanner};
 use crate::store::{self, Loaded, StoreError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -46,35 +55,51 @@ pub fn register() {
 }
 
 /// One configured filter instance in one worker VM, shared by its streams.
-struct Plugin {
-    config: Config,
-    rules: Rules,
-    keys: Vec<String>,
+/// Health state is kept per unit (a vendor, or a vendor and one of its
+/// models: see `config::Unit`); stats per vendor.
+pub(crate) struct Plugin {
+    pub(crate) config: Config,
+    pub(crate) rules: Rules,
+    /// Shared-data key of each unit.
+    pub(crate) keys: Vec<String>,
     vendor_stats: Vec<VendorStats>,
-    stats: GlobalStats,
+    pub(crate) stats: GlobalStats,
     /// Round robin, missing clusters and the copy of the shared state.
-    worker: RefCell<Worker>,
+    pub(crate) worker: RefCell<Worker>,
     /// The latest clock reading on this worker (ms); batched successes are
     /// placed in the window by it, so they may land up to one tick early.
     clock_ms: Cell<u64>,
     next_cluster_check_ms: Cell<u64>,
-    /// Quiet successes not yet written, per vendor.
+    next_refresh_ms: Cell<u64>,
+    /// Quiet successes not yet written, per unit.
     batches: RefCell<Vec<Batch>>,
-    /// Finished requests per vendor not yet added to the `requests` counters.
+    /// Finished attempts per vendor not yet added to the `requests` counters.
     unreported: RefCell<Vec<u64>>,
     /// This VM's notification queue.
     queue: Cell<Option<u32>>,
+    /// Requests of this worker that may still need rescuing, by context id.
+    pub(crate) journeys: RefCell<HashMap<u32, JourneyRef>>,
+    /// Rescue callouts in flight: token -> the context of their request.
+    pub(crate) callouts: RefCell<HashMap<u32, u32>>,
+    /// Envoy does not give the filter request bodies (see `release_stuck`).
+    pub(crate) no_body_access: Cell<bool>,
+    /// Whether any request needs its body read before routing.
+    reads_bodies: bool,
 }
 
 impl Plugin {
     fn new(config: Config) -> Result<Plugin, String> {
         let rules = Rules::from_config(&config);
         let n = config.vendors.len();
+        let units = config.units.len();
         let keys = config
-            .vendors
+            .units
             .iter()
-            .map(|v| store::vendor_key(&v.name, config.window))
+            .map(|u| store::vendor_key(&unit_name(&config, u.vendor, u.model.as_deref()), config.window))
             .collect();
+        let reads_bodies = config.rescue.max_attempts > 1
+            || !config.groups.is_empty()
+            || config.vendors.iter().any(|v| v.models.is_some());
         let vendor_stats = config
             .vendors
             .iter()
@@ -86,50 +111,140 @@ impl Plugin {
             keys,
             vendor_stats,
             stats: GlobalStats::define()?,
-            worker: RefCell::new(Worker::new(n)),
+            worker: RefCell::new(Worker::new(units, n)),
             clock_ms: Cell::new(0),
             next_cluster_check_ms: Cell::new(0),
-            batches: RefCell::new(vec![Batch::default(); n]),
+            next_refresh_ms: Cell::new(0),
+            batches: RefCell::new(vec![Batch::default(); units]),
             unreported: RefCell::new(vec![0; n]),
             queue: Cell::new(None),
+            journeys: RefCell::new(HashMap::new()),
+            callouts: RefCell::new(HashMap::new()),
+            no_body_access: Cell::new(false),
+            reads_bodies,
         })
     }
 
+    fn unit_vendor(&self, unit: usize) -> usize {
+        self.config.units.get(unit).map_or(unit, |u| u.vendor)
+    }
+
+    /// A unit's name for logs: the vendor, and the model if it has its own.
+    fn unit_label(&self, unit: usize) -> String {
+        match self.config.units.get(unit) {
+            Some(u) => unit_name(&self.config, u.vendor, u.model.as_deref()),
+            None => "?".into(),
+        }
+    }
+
+    /// Counts one finished attempt in its vendor's stats and records its
+    /// outcome in its unit's health: at once, or batched when it cannot
+    /// matter (see `batch`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_attempt(
+        &self,
+        unit: usize,
+        vendor: usize,
+        ticket: Option<Ticket>,
+        forced: bool,
+        outcome: Outcome,
+        stream_error: Option<&str>,
+        now_ms: u64,
+    ) {
+        if let Some(n) = self.unreported.borrow_mut().get_mut(vendor) {
+            *n += 1;
+        }
+        if let Some(s) = self.vendor_stats.get(vendor) {
+            match outcome {
+                Outcome::Failure(reason) => {
+                    s.count_failure(reason);
+                    if let Some(kind) = stream_error {
+                        s.count_stream_error(kind);
+                    }
+                }
+                Outcome::Slow(_) => metrics::add(s.slow, 1),
+                Outcome::RateLimited(_) => metrics::add(s.rate_limited, 1),
+                Outcome::Neutral(Some(_)) => metrics::add(s.client_errors, 1),
+                Outcome::Success | Outcome::Neutral(None) => {}
+            }
+            if forced {
+                metrics::add(s.forced, 1);
+            }
+        }
+        if !matches!(outcome, Outcome::Success) {
+            log::debug!("vendor {}: {outcome}", self.unit_label(unit));
+        }
+        if outcome == Outcome::Failure(Reason::NoCluster) {
+            self.mark_missing(vendor);
+        }
+        let verdict = outcome.verdict();
+        let Some(ticket) = ticket.or_else(|| {
+            // A 429 is news about the vendor even on a forced request.
+            matches!(verdict, Verdict::RateLimited { .. }).then_some(Ticket {
+                generation: u32::MAX,
+                probe: false,
+                quiet: false,
+            })
+        }) else {
+            return;
+        };
+        if !ticket.probe {
+            match verdict {
+                Verdict::Neutral => return,
+                Verdict::Success if ticket.quiet => {
+                    // No clock read: the worker's latest reading places it.
+                    let bucket = self.clock_ms.get() / self.rules.window.bucket_ms.max(1);
+                    let full = self
+                        .batches
+                        .borrow_mut()
+                        .get_mut(unit)
+                        .is_some_and(|b| b.add(ticket.generation, bucket));
+                    if full {
+                        self.write(unit, now_ms.max(self.clock_ms.get()), |_| None);
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.write(unit, now_ms, |st| st.record(now_ms, verdict, ticket, &self.rules));
+    }
+
     /// Reads the clock, and remembers the reading.
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         let t = host::now_ms();
         self.clock_ms.set(t);
         t
     }
 
-    fn vendor_name(&self, vendor: usize) -> &str {
-        self.config
-            .vendors
-            .get(vendor)
-            .map_or("?", |v| v.name.as_str())
+    pub(crate) fn vendor_name(&self, vendor: usize) -> &str {
+        self.config.vendors.get(vendor).map_or("?", |v| v.name.as_str())
     }
 
     /// Logs a phase change (exactly one worker makes each one) and updates stats.
-    fn announce(&self, vendor: usize, t: &Transition) {
-        log::info!("vendor {}: {}", self.vendor_name(vendor), t);
-        if let Some(s) = self.vendor_stats.get(vendor) {
+    pub(crate) fn announce(&self, unit: usize, t: &Transition) {
+        log::info!("vendor {}: {}", self.unit_label(unit), t);
+        if let Some(s) = self.vendor_stats.get(self.unit_vendor(unit)) {
             if t.to == PhaseKind::Open {
                 metrics::add(s.ejections, 1);
             }
-            metrics::set(s.state, t.to.gauge());
+            // The state gauge follows the vendor's pass-through unit.
+            if unit < self.config.vendors.len() {
+                metrics::set(s.state, t.to.gauge());
+            }
         }
     }
 
-    fn note_reset(&self, vendor: usize, why: &dyn std::fmt::Display) {
+    fn note_reset(&self, unit: usize, why: &dyn std::fmt::Display) {
         log::warn!(
             "vendor {}: shared state was unusable ({why}); starting it afresh",
-            self.vendor_name(vendor)
+            self.unit_label(unit)
         );
         metrics::add(self.stats.state_resets, 1);
     }
 
-    fn note_store_error(&self, vendor: usize, e: &StoreError) {
-        log::debug!("vendor {}: {e}", self.vendor_name(vendor));
+    fn note_store_error(&self, unit: usize, e: &StoreError) {
+        log::debug!("vendor {}: {e}", self.unit_label(unit));
         metrics::add(self.stats.store_errors, 1);
     }
 
@@ -184,7 +299,7 @@ impl Plugin {
         }
     }
 
-    fn mark_missing(&self, vendor: usize) {
+    pub(crate) fn mark_missing(&self, vendor: usize) {
         let mut worker = self.worker.borrow_mut();
         if let Some(flag) = worker.missing.get_mut(vendor) {
             if !*flag {
@@ -202,19 +317,15 @@ impl Plugin {
     /// worker's batched successes for it (older, so merged first). Tells the
     /// other workers when the change matters for routing: a phase change, the
     /// vendor's first failure, or a reset of unusable state.
-    fn write(
-        &self,
-        vendor: usize,
-        now_ms: u64,
-        step: impl Fn(&mut VendorState) -> Option<Transition>,
-    ) {
-        let Some(key) = self.keys.get(vendor) else {
+    fn write(&self, unit: usize, now_ms: u64, step: impl Fn(&mut VendorState) -> Option<Transition>) {
+        let vendor = unit;
+        let Some(key) = self.keys.get(unit) else {
             return;
         };
         let batched = self
             .batches
             .borrow_mut()
-            .get_mut(vendor)
+            .get_mut(unit)
             .map(Batch::take)
             .unwrap_or_default();
         let result = store::update(&SharedData, key, self.rules.window, |st| {
@@ -240,10 +351,7 @@ impl Plugin {
                 if let Some(t) = &transition {
                     self.announce(vendor, t);
                 }
-                self.worker
-                    .borrow_mut()
-                    .view
-                    .put(vendor, done.state, now_ms);
+                self.worker.borrow_mut().view.put(vendor, done.state, now_ms);
                 if matters {
                     self.notify(vendor);
                 }
@@ -260,11 +368,7 @@ impl Plugin {
     /// Writes the batched successes and reports the batched request counts.
     fn flush(&self, now_ms: u64) {
         for vendor in 0..self.keys.len() {
-            let pending = self
-                .batches
-                .borrow()
-                .get(vendor)
-                .is_some_and(|b| !b.is_empty());
+            let pending = self.batches.borrow().get(vendor).is_some_and(|b| !b.is_empty());
             if pending {
                 self.write(vendor, now_ms, |_| None);
             }
@@ -275,12 +379,88 @@ impl Plugin {
         }
     }
 
+    /// Routes a request by its headers only (no body read): health by
+    /// vendor, path, authority and credentials adapted to the vendor.
+    fn route_at_headers(&self, format: Option<Format>, j: &Journey) -> Option<Routed> {
+        let cands = plan::plan(&self.config, format, None).map(|p| p.into_iter().map(|x| x.cand).collect::<Vec<_>>());
+        let cands = cands.unwrap_or_else(|_| choice::default_cands(&self.config));
+        let choice = {
+            let mut worker = self.worker.borrow_mut();
+            let start = j.flight.deadline_ms.saturating_sub(self.config.rescue.deadline_ms);
+            let mut clock = || start;
+            choice::choose_from(
+                &cands,
+                self.config.all_down,
+                &self.rules,
+                &self.keys,
+                &SharedData,
+                &mut clock,
+                &mut worker,
+                &[],
+            )
+        };
+        match choice {
+            Choice::Route {
+                unit,
+                vendor,
+                ticket,
+                forced,
+                transition,
+            } => {
+                if let Some(t) = &transition {
+                    self.announce(unit, t);
+                }
+                if forced {
+                    metrics::add(self.stats.all_down, 1);
+                }
+                let v = self.config.vendors.get(vendor)?;
+                let planned = plan::plan(&self.config, format, None)
+                    .ok()
+                    .and_then(|p| p.into_iter().find(|x| x.cand.unit == unit));
+                self.adapt_headers(v, planned.as_ref(), format, j);
+                Some(Routed {
+                    unit,
+                    vendor,
+                    ticket,
+                    forced,
+                })
+            }
+            Choice::Reject { due, now_ms } => {
+                self.reject(format, &due, now_ms);
+                None
+            }
+            Choice::Nothing => None,
+        }
+    }
+
+    /// Answers at once: every vendor is ejected and `all_down` is `reject`.
+    fn reject(&self, format: Option<Format>, due: &[choice::Due], now_ms: u64) {
+        metrics::add(self.stats.all_down, 1);
+        metrics::add(self.stats.rejected, 1);
+        let r = reply::unavailable(format, &self.config, due, now_ms, &[]);
+        let retry_after = r.retry_after_s.to_string();
+        let headers: [(&str, &[u8]); 2] = [
+            ("content-type", b"application/json"),
+            ("retry-after", retry_after.as_bytes()),
+        ];
+        if let Err(e) = host::send_response(
+            r.status,
+            &headers,
+            r.body.as_bytes(),
+            "llm_failover_all_vendors_unavailable",
+        ) {
+            log::warn!("cannot send the all-down reply (host status {})", e.0);
+        }
+    }
+
     /// Re-reads every vendor's shared state into this worker's copy and the gauges.
     fn refresh(&self, now_ms: u64) {
-        for (vendor, key) in self.keys.iter().enumerate() {
+        for (unit, key) in self.keys.iter().enumerate() {
+            let vendor = unit;
             match store::load(&SharedData, key, self.rules.window) {
                 Ok(Loaded { state, reset, .. }) => {
-                    if let (None, Some(s)) = (reset, self.vendor_stats.get(vendor)) {
+                    let gauged = unit < self.config.vendors.len();
+                    if let (None, Some(s), true) = (reset, self.vendor_stats.get(vendor), gauged) {
                         let totals = state.window.totals(now_ms);
                         metrics::set(s.state, state.effective_kind(now_ms).gauge());
                         metrics::set(s.window_requests, totals.requests());
@@ -306,11 +486,9 @@ impl Plugin {
                     .map_err(|e| format!("cannot register a shared queue (host status {})", e.0))
             })
             .and_then(|token| {
-                store::update_bytes(&SharedData, notify::REGISTRY_KEY, |r| {
-                    (notify::join(r, token), ())
-                })
-                .map(|()| token)
-                .map_err(|e| e.to_string())
+                store::update_bytes(&SharedData, notify::REGISTRY_KEY, |r| (notify::join(r, token), ()))
+                    .map(|()| token)
+                    .map_err(|e| e.to_string())
             });
         match joined {
             Ok(token) => self.queue.set(Some(token)),
@@ -342,13 +520,22 @@ impl Plugin {
     fn on_notified(&self, token: u32) {
         let mut worker = self.worker.borrow_mut();
         while let Ok(Some(message)) = host::dequeue(token) {
-            if let Some(vendor) = self
-                .keys
-                .iter()
-                .position(|k| k.as_bytes() == message.as_slice())
-            {
+            if let Some(vendor) = self.keys.iter().position(|k| k.as_bytes() == message.as_slice()) {
                 worker.view.forget(vendor);
             }
+        }
+    }
+}
+
+/// A unit's name: `vendor` for its pass-through unit, `vendor/model` for
+/// one of its models. It names the unit's shared-data key and its log lines.
+fn unit_name(config: &Config, vendor: usize, model: Option<&str>) -> String {
+    let v = config.vendors.get(vendor).map_or("?", |v| v.name.as_str());
+    match model {
+        None => v.to_string(),
+        Some(m) => {
+            let m: String = m.chars().filter(|c| !c.is_control()).take(128).collect();
+            format!("{v}/{m}")
         }
     }
 }
@@ -357,7 +544,13 @@ struct Root {
     plugin: Option<Rc<Plugin>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if let Some(p) = &self.plugin {
+            p.on_callout(token, num_headers, body_size);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, config_size: usize) -> bool {
@@ -369,27 +562,26 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let plugin = match Config::parse(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(Plugin::new)
-        {
+        let plugin = match Config::parse(&bytes).map_err(|e| e.to_string()).and_then(Plugin::new) {
             Ok(p) => p,
             Err(e) => {
                 log::error!("configuration refused: {e}");
                 return false;
             }
         };
-        for (vendor, key) in plugin.keys.iter().enumerate() {
+        for (unit, key) in plugin.keys.iter().enumerate() {
             if let Err(e) = store::create_if_missing(&SharedData, key, plugin.rules.window) {
-                plugin.note_store_error(vendor, &e);
+                plugin.note_store_error(unit, &e);
             }
         }
         plugin.join_notifications();
-        if let Err(e) = host::set_tick_period_ms(plugin.config.refresh_ms) {
-            log::warn!(
-                "cannot set the tick period (host status {}); gauges will lag",
-                e.0
-            );
+        // Time-to-first-token limits are checked on the tick: tick often enough.
+        let tick_ms = match plugin.config.rescue.first_token_ms {
+            Some(_) => plugin.config.refresh_ms.min(100),
+            None => plugin.config.refresh_ms,
+        };
+        if let Err(e) = host::set_tick_period_ms(tick_ms) {
+            log::warn!("cannot set the tick period (host status {}); gauges will lag", e.0);
         }
         let now_ms = plugin.now();
         plugin.check_clusters(now_ms, false);
@@ -407,9 +599,11 @@ impl RootContext for Root {
             })
             .collect();
         log::info!(
-            "configured; routing header {}; vendors by preference: {}",
+            "configured; routing header {}; vendors by preference: {}; {} route groups; up to {} attempts per request",
             plugin.config.cluster_header,
-            vendors.join(", ")
+            vendors.join(", "),
+            plugin.config.groups.len(),
+            plugin.config.rescue.max_attempts
         );
         self.plugin = Some(Rc::new(plugin));
         true
@@ -418,11 +612,18 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(p) = &self.plugin {
             let now_ms = p.now();
-            p.flush(now_ms);
-            p.refresh(now_ms);
-            let any_missing = p.worker.borrow().missing.iter().any(|&m| m);
-            if any_missing && now_ms >= p.next_cluster_check_ms.get() {
-                p.check_clusters(now_ms, true);
+            if !p.journeys.borrow().is_empty() {
+                p.check_first_tokens(now_ms);
+                p.release_stuck(now_ms);
+            }
+            if now_ms >= p.next_refresh_ms.get() {
+                p.next_refresh_ms.set(now_ms.saturating_add(p.config.refresh_ms));
+                p.flush(now_ms);
+                p.refresh(now_ms);
+                let any_missing = p.worker.borrow().missing.iter().any(|&m| m);
+                if any_missing && now_ms >= p.next_cluster_check_ms.get() {
+                    p.check_clusters(now_ms, true);
+                }
             }
         }
     }
@@ -435,9 +636,10 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
             plugin: self.plugin.clone(),
+            ctx: context_id,
             ..Stream::default()
         }))
     }
@@ -450,6 +652,7 @@ impl RootContext for Root {
 /// Where a request was sent, carried until its outcome is known.
 #[derive(Clone, Copy)]
 struct Routed {
+    unit: usize,
     vendor: usize,
     ticket: Option<Ticket>,
     forced: bool,
@@ -458,11 +661,14 @@ struct Routed {
 #[derive(Default)]
 struct Stream {
     plugin: Option<Rc<Plugin>>,
+    ctx: u32,
     routed: Option<Routed>,
+    /// Set for requests in a known API format that may be adapted and rescued.
+    journey: Option<JourneyRef>,
     status: Option<u16>,
     /// The response reached its end (end of stream or trailers).
     complete: bool,
-    /// When the request was routed (only read if a first-byte limit is set).
+    /// When the request arrived.
     start_ms: Option<u64>,
     first_byte_ms: Option<u64>,
     last_chunk_ms: Option<u64>,
@@ -481,87 +687,196 @@ impl Stream {
             self.first_byte_ms = Some(now_ms.saturating_sub(start));
         }
     }
-}
 
-impl Context for Stream {}
+    fn stage(&self) -> Option<Stage> {
+        self.journey.as_ref().map(|j| j.borrow().stage)
+    }
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(p) = self.plugin.clone() else {
-            return Action::Continue;
+    fn set_stage(&self, stage: Stage) {
+        if let Some(j) = &self.journey {
+            j.borrow_mut().stage = stage;
+        }
+    }
+
+    /// The request body is complete: pick the route by its model, adapt the
+    /// request for the vendor, and let it go to the router.
+    fn route_with_body(&mut self, p: &Rc<Plugin>, j: &JourneyRef, body_size: usize) -> Action {
+        let body = host::request_body(body_size).ok().flatten().unwrap_or_default();
+        let asked = adapt::read_request(&body);
+        let model = asked.as_ref().and_then(|a| a.model.clone());
+        let stream = asked.as_ref().is_some_and(|a| a.stream);
+        let format = j.borrow().format;
+        let started = self.start_ms.unwrap_or_default();
+        let planned = match plan::plan(&p.config, format, model.as_deref()) {
+            Ok(planned) => planned,
+            Err(plan::Unserved::Model(m)) => {
+                metrics::add(p.stats.model_not_served, 1);
+                let r = reply::model_not_served(format, &m);
+                let _ = host::send_response(
+                    r.status,
+                    &[("content-type", b"application/json")],
+                    r.body.as_bytes(),
+                    "llm_failover_model_not_served",
+                );
+                self.set_stage(Stage::Answered);
+                return Action::Pause;
+            }
         };
-        // The start time is read only if a first-byte limit needs it; the
-        // choice then reuses it instead of reading the clock again.
-        self.start_ms = p.config.slow.first_byte_ms.map(|_| p.now());
-        let start = self.start_ms;
+        {
+            let mut jb = j.borrow_mut();
+            jb.flight = Flight::new(format, stream, planned, started, &p.config.rescue);
+            jb.body = body;
+        }
+        let cands: Vec<_> = j.borrow().flight.plan.iter().map(|x| x.cand).collect();
         let choice = {
             let mut worker = p.worker.borrow_mut();
-            let mut clock = || start.unwrap_or_else(|| p.now());
-            choice::choose(
-                &p.config,
+            let mut clock = || p.now();
+            choice::choose_from(
+                &cands,
+                p.config.all_down,
                 &p.rules,
                 &p.keys,
                 &SharedData,
                 &mut clock,
                 &mut worker,
+                &[],
             )
         };
-
         match choice {
             Choice::Route {
+                unit,
                 vendor,
                 ticket,
                 forced,
                 transition,
             } => {
                 if let Some(t) = &transition {
-                    p.announce(vendor, t);
+                    p.announce(unit, t);
                 }
                 if forced {
                     metrics::add(p.stats.all_down, 1);
                 }
-                let cluster = p
-                    .config
-                    .vendors
-                    .get(vendor)
-                    .map_or("", |v| v.cluster.as_str());
-                // Always overwrite: a client must not pick the cluster itself.
-                if let Err(e) = host::set_header(
-                    REQUEST_HEADERS,
-                    &p.config.cluster_header,
-                    cluster.as_bytes(),
-                ) {
-                    log::warn!(
-                        "cannot set {} (host status {})",
-                        p.config.cluster_header,
-                        e.0
-                    );
+                let planned = j.borrow_mut().flight.start(unit, vendor, ticket).cloned();
+                if let Some(v) = p.config.vendors.get(vendor) {
+                    p.adapt_headers(v, planned.as_ref(), format, &j.borrow());
+                }
+                if let Some(model) = planned.as_ref().and_then(|x| x.model.as_deref()) {
+                    let rewritten = adapt::with_model(&j.borrow().body, model);
+                    if let Some(new_body) = rewritten {
+                        // Keep the length the router sends right.
+                        if host::replace_request_body(body_size, &new_body).is_ok() {
+                            let _ = host::set_header(
+                                REQUEST_HEADERS,
+                                "content-length",
+                                new_body.len().to_string().as_bytes(),
+                            );
+                        }
+                    }
                 }
                 self.routed = Some(Routed {
+                    unit,
                     vendor,
                     ticket,
                     forced,
                 });
+                let mut jb = j.borrow_mut();
+                jb.stage = Stage::Routed;
+                if stream {
+                    jb.first_token_deadline = p.config.rescue.first_token_ms.map(|ms| started.saturating_add(ms));
+                }
                 Action::Continue
             }
             Choice::Reject { due, now_ms } => {
-                metrics::add(p.stats.all_down, 1);
-                metrics::add(p.stats.rejected, 1);
-                let r = reply::all_vendors_down(&p.config, &due, now_ms);
-                let retry_after = r.retry_after_s.to_string();
-                let headers: [(&str, &[u8]); 2] = [
-                    ("content-type", b"application/json"),
-                    ("retry-after", retry_after.as_bytes()),
-                ];
-                match host::send_response(r.status, &headers, r.body.as_bytes()) {
-                    Ok(()) => Action::Pause,
-                    Err(e) => {
-                        log::warn!("cannot send the all-down reply (host status {})", e.0);
-                        Action::Continue
-                    }
-                }
+                p.reject(format, &due, now_ms);
+                self.set_stage(Stage::Answered);
+                Action::Pause
             }
+            Choice::Nothing => Action::Continue,
         }
+    }
+
+    /// Holds the first attempt's answer and starts its rescue.
+    fn start_rescue(&mut self, p: &Rc<Plugin>, outcome: Outcome, why: Move, kind: Option<&str>, now_ms: u64) -> Action {
+        let (Some(j), Some(r)) = (self.journey.clone(), self.routed) else {
+            return Action::Continue;
+        };
+        p.record_attempt(r.unit, r.vendor, r.ticket, r.forced, outcome, kind, now_ms);
+        j.borrow_mut().stage = Stage::Rescuing;
+        p.rescue(&j, why, now_ms);
+        Action::Pause
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if let Some(p) = &self.plugin {
+            p.on_callout(token, num_headers, body_size);
+        }
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(p) = self.plugin.clone() else {
+            return Action::Continue;
+        };
+        let now_ms = p.now();
+        self.start_ms = Some(now_ms);
+        // One host call for every header: the path names the API format,
+        // and a rescue replays the rest.
+        let headers = host::header_pairs(REQUEST_HEADERS).unwrap_or_default();
+        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+        let format = get(":path").and_then(Format::of_path);
+        let declared = get("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        let too_large = declared.is_some_and(|n| n > p.config.rescue.max_body_bytes);
+        if format.is_some() && too_large {
+            metrics::add(p.stats.body_too_large, 1);
+        }
+        let holds = format.is_some() && !end_of_stream && !too_large && p.reads_bodies && !p.no_body_access.get();
+        let journey = Journey {
+            ctx: self.ctx,
+            stage: Stage::Buffering { since_ms: now_ms },
+            format,
+            flight: Flight::new(format, false, Vec::new(), now_ms, &p.config.rescue),
+            headers,
+            body: Vec::new(),
+            first_token_deadline: None,
+            peek: None,
+            peek_fed: 0,
+        };
+        // Route by the headers first: if the body never comes (Envoy without
+        // allow_on_headers_stop_iteration), the request is still routable.
+        let Some(routed) = p.route_at_headers(format, &journey) else {
+            return Action::Pause; // answered already
+        };
+        self.routed = Some(routed);
+        if !holds {
+            return Action::Continue;
+        }
+        let j = Rc::new(RefCell::new(journey));
+        p.journeys.borrow_mut().insert(self.ctx, j.clone());
+        self.journey = Some(j);
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(p), Some(j)) = (self.plugin.clone(), self.journey.clone()) else {
+            return Action::Continue;
+        };
+        if !matches!(j.borrow().stage, Stage::Buffering { .. }) {
+            return Action::Continue;
+        }
+        if (body_size as u64) > p.config.rescue.max_body_bytes {
+            // Too large to hold: it goes as routed at its headers, untouched,
+            // without rescue.
+            metrics::add(p.stats.body_too_large, 1);
+            j.borrow_mut().stage = Stage::Passed;
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.route_with_body(&p, &j, body_size)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -569,42 +884,71 @@ impl HttpContext for Stream {
         let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
             return Action::Continue;
         };
+        if matches!(self.stage(), Some(Stage::Rescuing | Stage::Answered)) {
+            return Action::Pause; // the filter answers; the router's answer is held
+        }
         // One host call for every header: the status, and what decides how
         // the answer is read.
         let headers = host::header_pairs(RESPONSE_HEADERS).unwrap_or_default();
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_slice())
-        };
+        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
         self.status = get(":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-        match self.status {
-            Some(429) => {
-                let pairs: Vec<(&str, &[u8])> = headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_slice()))
-                    .collect();
-                self.retry_after_ms = ratelimit::retry_after_ms(&pairs, p.now());
-            }
-            Some(200..=299)
-                if get("content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream")) =>
-            {
-                self.scanner = Some(Scanner::new());
-                // The filter may append an error event to a cut stream: a
-                // declared length would then be wrong.
-                if get("content-length").is_some() {
-                    let _ = host::remove_header(RESPONSE_HEADERS, "content-length");
+        let sse = get("content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream"));
+        if self.status == Some(429) {
+            let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+            self.retry_after_ms = ratelimit::retry_after_ms(&pairs, p.now());
+        }
+        if self.stage() == Some(Stage::Routed) {
+            let now_ms = p.now();
+            let j = self.journey.clone();
+            let may = |why| j.as_ref().is_some_and(|j| j.borrow().flight.may_move(why, now_ms));
+            // Before anything reached the client: is this answer a failure
+            // that another vendor should make good?
+            let judged = match self.status {
+                Some(s) if (200..300).contains(&s) => None,
+                _ => {
+                    let flags = host::property_u64(b"response\0flags").ok().flatten().unwrap_or(0);
+                    let seen = Observed {
+                        status: self.status,
+                        flags,
+                        retry_after_ms: self.retry_after_ms,
+                        ..Observed::default()
+                    };
+                    Some(classify::classify(&seen, &p.config.failure_statuses, &p.config.slow))
+                }
+            };
+            if let Some(outcome) = judged {
+                if rescue::moves(&outcome).is_some() && may(Move::Failure) {
+                    return self.start_rescue(&p, outcome, Move::Failure, None, now_ms);
+                }
+                if self.status == Some(400) && !end_of_stream && may(Move::ContextOverflow) {
+                    self.set_stage(Stage::Inspecting);
+                    return Action::Pause;
                 }
             }
-            _ => {}
+            let streamed = j.as_ref().is_some_and(|j| j.borrow().flight.stream);
+            if judged.is_none() && sse && streamed && !end_of_stream && may(Move::Failure) {
+                // Hold the headers until the first event shows it is no error.
+                if let Some(j) = &j {
+                    let mut jb = j.borrow_mut();
+                    jb.stage = Stage::Peeking;
+                    jb.peek = Some(Scanner::new());
+                }
+                return Action::Pause;
+            }
+            self.set_stage(Stage::Passed);
         }
-        if end_of_stream && self.start_ms.is_some() {
+        if matches!(self.status, Some(200..=299)) && sse {
+            self.scanner = Some(Scanner::new());
+            // The filter may append an error event to a cut stream: a
+            // declared length would then be wrong.
+            if get("content-length").is_some() {
+                let _ = host::remove_header(RESPONSE_HEADERS, "content-length");
+            }
+        }
+        if end_of_stream {
             self.note_first_byte(p.now());
         }
-        if let (Some(header), Some(v)) =
-            (&p.config.vendor_header, p.config.vendors.get(routed.vendor))
-        {
+        if let (Some(header), Some(v)) = (&p.config.vendor_header, p.config.vendors.get(routed.vendor)) {
             let _ = host::set_header(RESPONSE_HEADERS, header, v.name.as_bytes());
         }
         Action::Continue
@@ -615,8 +959,158 @@ impl HttpContext for Stream {
         let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
             return Action::Continue;
         };
-        let timed_first_byte =
-            self.first_byte_ms.is_none() && self.start_ms.is_some() && body_size > 0;
+        match self.stage() {
+            Some(Stage::Rescuing | Stage::Answered) => return Action::Pause,
+            Some(Stage::Inspecting) => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body = host::response_body(body_size).ok().flatten().unwrap_or_default();
+                if adapt::is_context_overflow(400, &body) {
+                    let now_ms = p.now();
+                    return self.start_rescue(&p, Outcome::Neutral(Some(400)), Move::ContextOverflow, None, now_ms);
+                }
+                self.set_stage(Stage::Passed);
+                return self.release_held(&p, routed);
+            }
+            Some(Stage::Peeking) => return self.peek(&p, routed, body_size, end_of_stream),
+            _ => {}
+        }
+        self.scan_live(&p, routed, body_size, end_of_stream)
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.complete = true;
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(p) = self.plugin.clone() else {
+            return;
+        };
+        let stage = self.stage();
+        if let Some(j) = self.journey.take() {
+            p.journeys.borrow_mut().remove(&j.borrow().ctx);
+        }
+        // A rescued or refused request recorded its attempts as they ended.
+        if matches!(stage, Some(Stage::Rescuing | Stage::Answered)) {
+            return;
+        }
+        let Some(routed) = self.routed else {
+            return;
+        };
+        // A 2xx answer that reached its end went right all the way: Envoy's
+        // flags can add nothing, so the common case skips reading them.
+        let clean = self.complete && self.status.is_some_and(|s| (200..300).contains(&s));
+        let flags = if clean {
+            0
+        } else {
+            host::property_u64(b"response\0flags").ok().flatten().unwrap_or(0)
+        };
+        let status = self.status.or_else(|| {
+            host::property_u64(b"response\0code")
+                .ok()
+                .flatten()
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|&c| c != 0)
+        });
+        // A stream that never reached its end may still have shown an error.
+        let stream = self.ending.take().or_else(|| {
+            let e = self.scanner.as_ref()?.error()?.clone();
+            Some(Ending::Error(e))
+        });
+        let kind = match &stream {
+            Some(Ending::Error(e)) => Some(e.kind.clone()),
+            _ => None,
+        };
+        let seen = Observed {
+            status,
+            flags,
+            stream,
+            retry_after_ms: self.retry_after_ms,
+            first_byte_ms: self.first_byte_ms,
+            max_gap_ms: self.max_gap_ms,
+        };
+        let outcome = classify::classify(&seen, &p.config.failure_statuses, &p.config.slow);
+        // Only outcomes that write need the clock; a batched success does not.
+        let now_ms = match outcome {
+            Outcome::Success => p.clock_ms.get(),
+            _ => p.now(),
+        };
+        p.record_attempt(
+            routed.unit,
+            routed.vendor,
+            routed.ticket,
+            routed.forced,
+            outcome,
+            kind.as_deref(),
+            now_ms,
+        );
+    }
+}
+
+impl Stream {
+    /// Lets a held answer go to the client as it is.
+    fn release_held(&mut self, p: &Rc<Plugin>, routed: Routed) -> Action {
+        if let (Some(header), Some(v)) = (&p.config.vendor_header, p.config.vendors.get(routed.vendor)) {
+            let _ = host::set_header(RESPONSE_HEADERS, header, v.name.as_bytes());
+        }
+        Action::Continue
+    }
+
+    /// A held 200 stream: wait for its first event; rescue if it is an error
+    /// (or the stream ends without one), release it otherwise.
+    fn peek(&mut self, p: &Rc<Plugin>, routed: Routed, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(j) = self.journey.clone() else {
+            return Action::Continue;
+        };
+        let now_ms = p.now();
+        // While held, each call sees everything buffered so far.
+        let bytes = host::response_body(body_size).ok().flatten().unwrap_or_default();
+        let (error, events, ending) = {
+            let mut jb = j.borrow_mut();
+            let fed = jb.peek_fed.min(bytes.len());
+            jb.peek_fed = bytes.len();
+            let dialect = jb_format_dialect(jb.format);
+            let Some(sc) = jb.peek.as_mut() else {
+                return Action::Continue;
+            };
+            sc.feed(bytes.get(fed..).unwrap_or_default());
+            let ending = end_of_stream.then(|| {
+                sc.set_dialect_if_unknown(dialect);
+                sc.clone_finish()
+            });
+            (sc.error().cloned(), sc.events(), ending)
+        };
+
+        let may = j.borrow().flight.may_move(Move::Failure, now_ms);
+        if let Some(e) = error {
+            if may {
+                let outcome = Outcome::Failure(Reason::StreamError);
+                return self.start_rescue(p, outcome, Move::Failure, Some(&e.kind), now_ms);
+            }
+        } else if events == 0 && ending.as_ref().is_some_and(|e| *e == Ending::Truncated) && may {
+            return self.start_rescue(p, Outcome::Failure(Reason::Truncated), Move::Failure, None, now_ms);
+        } else if events == 0 && !end_of_stream {
+            return Action::Pause;
+        }
+        // The first event is no error: let the stream go, and keep reading it.
+        let scanner = j.borrow_mut().peek.take();
+        self.scanner = scanner;
+        j.borrow_mut().stage = Stage::Passed;
+        if body_size > 0 {
+            self.note_first_byte(now_ms);
+            self.last_chunk_ms = Some(now_ms);
+        }
+        if end_of_stream {
+            return self.finish_stream(p, routed, body_size);
+        }
+        self.release_held(p, routed)
+    }
+
+    /// The live path: time the answer, scan a stream, close a cut one.
+    fn scan_live(&mut self, p: &Rc<Plugin>, routed: Routed, body_size: usize, end_of_stream: bool) -> Action {
+        let timed_first_byte = self.first_byte_ms.is_none() && body_size > 0;
         if !timed_first_byte && self.scanner.is_none() {
             return Action::Continue;
         }
@@ -638,139 +1132,47 @@ impl HttpContext for Stream {
             }
         }
         if end_of_stream {
-            if scanner.dialect().is_none() {
-                // Nothing in the stream named its format: the request path may.
-                if let Ok(Some(path)) = host::header(REQUEST_HEADERS, ":path") {
-                    scanner.set_dialect_if_unknown(sse::dialect_for_path(&path));
-                }
-            }
-            let mid_event = scanner.mid_event();
-            let ending = scanner.finish();
-            if ending == Ending::Truncated {
-                // Never hand the client a cut stream that looks complete.
-                let vendor = p.vendor_name(routed.vendor);
-                let event = sse::truncation_event(vendor, scanner.dialect(), mid_event);
-                match host::append_response_body(body_size, &event) {
-                    Ok(()) => {
-                        if let Some(s) = p.vendor_stats.get(routed.vendor) {
-                            metrics::add(s.truncations_closed, 1);
-                        }
-                    }
-                    Err(e) => log::warn!(
-                        "cannot close a cut stream with an error event (host status {})",
-                        e.0
-                    ),
-                }
-            }
-            self.ending = Some(ending);
+            return self.finish_stream(p, routed, body_size);
         }
         Action::Continue
     }
 
-    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.complete = true;
+    /// The stream's last chunk: judge its end, and close it with an error
+    /// event if it was cut before its end marker.
+    fn finish_stream(&mut self, p: &Rc<Plugin>, routed: Routed, body_size: usize) -> Action {
+        let Some(scanner) = self.scanner.as_mut() else {
+            return Action::Continue;
+        };
+        if scanner.dialect().is_none() {
+            // Nothing in the stream named its format: the request path may.
+            if let Ok(Some(path)) = host::header(REQUEST_HEADERS, ":path") {
+                scanner.set_dialect_if_unknown(sse::dialect_for_path(&path));
+            }
+        }
+        let mid_event = scanner.mid_event();
+        let ending = scanner.finish();
+        if ending == Ending::Truncated {
+            // Never hand the client a cut stream that looks complete.
+            let vendor = p.vendor_name(routed.vendor);
+            let event = sse::truncation_event(vendor, scanner.dialect(), mid_event);
+            match host::append_response_body(body_size, &event) {
+                Ok(()) => {
+                    if let Some(s) = p.vendor_stats.get(routed.vendor) {
+                        metrics::add(s.truncations_closed, 1);
+                    }
+                }
+                Err(e) => log::warn!("cannot close a cut stream with an error event (host status {})", e.0),
+            }
+        }
+        self.ending = Some(ending);
         Action::Continue
     }
+}
 
-    fn on_log(&mut self) {
-        let (Some(p), Some(routed)) = (&self.plugin, self.routed) else {
-            return;
-        };
-        let vendor = routed.vendor;
-        // A 2xx answer that reached its end went right all the way: Envoy's
-        // flags can add nothing, so the common case skips reading them.
-        let clean = self.complete && self.status.is_some_and(|s| (200..300).contains(&s));
-        let flags = if clean {
-            0
-        } else {
-            host::property_u64(b"response\0flags")
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
-        let status = self.status.or_else(|| {
-            host::property_u64(b"response\0code")
-                .ok()
-                .flatten()
-                .and_then(|c| u16::try_from(c).ok())
-                .filter(|&c| c != 0)
-        });
-        // A stream that never reached its end may still have shown an error.
-        let stream = self.ending.take().or_else(|| {
-            let e = self.scanner.as_ref()?.error()?.clone();
-            Some(Ending::Error(e))
-        });
-        let seen = Observed {
-            status,
-            flags,
-            stream,
-            retry_after_ms: self.retry_after_ms,
-            first_byte_ms: self.first_byte_ms,
-            max_gap_ms: self.max_gap_ms,
-        };
-        let outcome = classify::classify(&seen, &p.config.failure_statuses, &p.config.slow);
-        if let Some(n) = p.unreported.borrow_mut().get_mut(vendor) {
-            *n += 1;
-        }
-        if let Some(s) = p.vendor_stats.get(vendor) {
-            match outcome {
-                Outcome::Failure(reason) => {
-                    s.count_failure(reason);
-                    if let Some(Ending::Error(e)) = &seen.stream {
-                        s.count_stream_error(&e.kind);
-                    }
-                }
-                Outcome::Slow(_) => metrics::add(s.slow, 1),
-                Outcome::RateLimited(_) => metrics::add(s.rate_limited, 1),
-                Outcome::Neutral(Some(_)) => metrics::add(s.client_errors, 1),
-                Outcome::Success | Outcome::Neutral(None) => {}
-            }
-            if routed.forced {
-                metrics::add(s.forced, 1);
-            }
-        }
-        if !matches!(outcome, Outcome::Success) {
-            log::debug!(
-                "vendor {}: {outcome} (status {status:?}, flags {flags:#x})",
-                p.vendor_name(vendor)
-            );
-        }
-        if outcome == Outcome::Failure(Reason::NoCluster) {
-            p.mark_missing(vendor);
-        }
-        let verdict = outcome.verdict();
-        let Some(ticket) = routed.ticket.or_else(|| {
-            // A 429 is news about the vendor even on a forced request.
-            matches!(verdict, Verdict::RateLimited { .. }).then_some(Ticket {
-                generation: u32::MAX,
-                probe: false,
-                quiet: false,
-            })
-        }) else {
-            return;
-        };
-        if !ticket.probe {
-            match verdict {
-                Verdict::Neutral => return,
-                Verdict::Success if ticket.quiet => {
-                    // No clock read: the worker's latest reading places it.
-                    let bucket = p.clock_ms.get() / p.rules.window.bucket_ms.max(1);
-                    let full = p
-                        .batches
-                        .borrow_mut()
-                        .get_mut(vendor)
-                        .is_some_and(|b| b.add(ticket.generation, bucket));
-                    if full {
-                        p.write(vendor, p.now(), |_| None);
-                    }
-                    return;
-                }
-                _ => {}
-            }
-        }
-        let now_ms = p.now();
-        p.write(vendor, now_ms, |st| {
-            st.record(now_ms, verdict, ticket, &p.rules)
-        });
+/// The stream dialect of a client API format.
+fn jb_format_dialect(format: Option<Format>) -> Option<&'static sse::Dialect> {
+    match format? {
+        Format::OpenAi => Some(&sse::OPENAI),
+        Format::Anthropic => Some(&sse::ANTHROPIC),
     }
 }

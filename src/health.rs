@@ -172,20 +172,14 @@ impl fmt::Display for Transition {
         write!(f, "{} -> {} (", self.from, self.to)?;
         let (done, needed) = self.probes;
         match (self.from, self.to) {
-            (PhaseKind::Open, PhaseKind::HalfOpen) => {
-                write!(f, "ejection over; {needed} successful probes close it")?
-            }
-            (PhaseKind::HalfOpen, PhaseKind::Closed) => {
-                write!(f, "{done} of {needed} probes succeeded")?
-            }
+            (PhaseKind::Open, PhaseKind::HalfOpen) => write!(f, "ejection over; {needed} successful probes close it")?,
+            (PhaseKind::HalfOpen, PhaseKind::Closed) => write!(f, "{done} of {needed} probes succeeded")?,
             (_, PhaseKind::RateLimited) => write!(
                 f,
                 "answered 429; skipped for {} ms, its health untouched",
                 self.cooldown_ms.unwrap_or(0)
             )?,
-            (PhaseKind::HalfOpen, _) => {
-                write!(f, "a probe failed after {done} of {needed} successes")?
-            }
+            (PhaseKind::HalfOpen, _) => write!(f, "a probe failed after {done} of {needed} successes")?,
             _ => {
                 write!(
                     f,
@@ -248,9 +242,7 @@ impl VendorState {
     /// Closed, with no failure in the window and no run of failures: see
     /// `Ticket::quiet`.
     pub fn is_quiet(&self, now_ms: u64) -> bool {
-        self.phase == Phase::Closed
-            && self.consecutive_failures == 0
-            && self.window.totals(now_ms).failures == 0
+        self.phase == Phase::Closed && self.consecutive_failures == 0 && self.window.totals(now_ms).failures == 0
     }
 
     pub fn availability(&self, now_ms: u64, rules: &Rules) -> Availability {
@@ -267,14 +259,10 @@ impl VendorState {
                 probe: false,
                 quiet: self.is_quiet(now_ms),
             }),
-            Phase::Open { until_ms } if now_ms < until_ms => {
-                Availability::Unavailable { due_ms: until_ms }
-            }
+            Phase::Open { until_ms } if now_ms < until_ms => Availability::Unavailable { due_ms: until_ms },
             Phase::Open { .. } => Availability::Probe,
             Phase::HalfOpen {
-                taken,
-                last_probe_ms,
-                ..
+                taken, last_probe_ms, ..
             } => {
                 if taken < rules.recovery.probes || probes_lost(now_ms, last_probe_ms, rules) {
                     Availability::Probe
@@ -291,11 +279,7 @@ impl VendorState {
 
     /// Takes one half-open probe slot, opening the half-open phase if the
     /// ejection has run out. `None` when no slot is free.
-    pub fn claim_probe(
-        &mut self,
-        now_ms: u64,
-        rules: &Rules,
-    ) -> Option<(Ticket, Option<Transition>)> {
+    pub fn claim_probe(&mut self, now_ms: u64, rules: &Rules) -> Option<(Ticket, Option<Transition>)> {
         let mut transition = None;
         if let Phase::Open { until_ms } = self.phase {
             if now_ms < until_ms {
@@ -344,13 +328,7 @@ impl VendorState {
     }
 
     /// Records a finished request's verdict. Returns the phase change it caused.
-    pub fn record(
-        &mut self,
-        now_ms: u64,
-        verdict: Verdict,
-        ticket: Ticket,
-        rules: &Rules,
-    ) -> Option<Transition> {
+    pub fn record(&mut self, now_ms: u64, verdict: Verdict, ticket: Ticket, rules: &Rules) -> Option<Transition> {
         if self.cooldown_until_ms != 0 && !self.rate_limited_at(now_ms) {
             self.cooldown_until_ms = 0;
         }
@@ -446,16 +424,9 @@ impl VendorState {
     /// Starts or extends a rate-limit cooldown: the vendor's own reset time,
     /// or the default when it gave none, capped at the maximum. Reported as
     /// a change only when a cooldown starts.
-    fn rate_limit(
-        &mut self,
-        now_ms: u64,
-        retry_after_ms: Option<u64>,
-        rules: &Rules,
-    ) -> Option<Transition> {
+    fn rate_limit(&mut self, now_ms: u64, retry_after_ms: Option<u64>, rules: &Rules) -> Option<Transition> {
         let r = &rules.rate_limit;
-        let wait = retry_after_ms
-            .unwrap_or(r.default_cooldown_ms)
-            .min(r.max_cooldown_ms);
+        let wait = retry_after_ms.unwrap_or(r.default_cooldown_ms).min(r.max_cooldown_ms);
         let until = now_ms.saturating_add(wait);
         if until <= self.cooldown_until_ms {
             return None;
@@ -505,9 +476,7 @@ impl VendorState {
         if from_closed {
             let healthy_ms = now_ms.saturating_sub(self.closed_at_ms);
             let steps = healthy_ms / b.decay_ms.max(1);
-            self.level = self
-                .level
-                .saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX));
+            self.level = self.level.saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX));
         }
         let duration = ejection_ms(b, self.level);
         let from = self.phase.kind();
@@ -618,11 +587,7 @@ mod tests {
         // Alternate so the consecutive rule never fires: 4 failures in 9 is
         // below the minimum volume...
         for i in 0..9 {
-            let v = if i % 2 == 1 {
-                Verdict::Failure
-            } else {
-                Verdict::Success
-            };
+            let v = if i % 2 == 1 { Verdict::Failure } else { Verdict::Success };
             assert_eq!(feed(&mut s, 1_000, v), None, "request {i}");
         }
         assert_eq!(s.window.totals(1_000).requests(), 9);
@@ -653,10 +618,7 @@ mod tests {
             probe: false,
             quiet: false,
         };
-        assert!(
-            s.record(0, Verdict::Failure, t, &r).is_some(),
-            "10th failure trips"
-        );
+        assert!(s.record(0, Verdict::Failure, t, &r).is_some(), "10th failure trips");
     }
 
     #[test]
@@ -664,11 +626,7 @@ mod tests {
         let mut s = fresh();
         for i in 0..100 {
             // 1 failure in 3: 33%.
-            let v = if i % 3 == 0 {
-                Verdict::Failure
-            } else {
-                Verdict::Success
-            };
+            let v = if i % 3 == 0 { Verdict::Failure } else { Verdict::Success };
             assert_eq!(feed(&mut s, 5_000, v), None);
         }
     }
@@ -749,10 +707,7 @@ mod tests {
         let mut s = fresh();
         trip(&mut s, 1_000);
         let r = rules();
-        assert_eq!(
-            s.availability(30_999, &r),
-            Availability::Unavailable { due_ms: 31_000 }
-        );
+        assert_eq!(s.availability(30_999, &r), Availability::Unavailable { due_ms: 31_000 });
         assert_eq!(s.claim_probe(30_999, &r), None);
         assert_eq!(s.availability(31_000, &r), Availability::Probe);
         assert_eq!(s.effective_kind(31_000), PhaseKind::HalfOpen);
@@ -773,10 +728,7 @@ mod tests {
             close(&mut s, now);
             now += 1_000; // relapses one second after closing
         }
-        assert_eq!(
-            seen,
-            vec![30_000, 60_000, 120_000, 240_000, 300_000, 300_000]
-        );
+        assert_eq!(seen, vec![30_000, 60_000, 120_000, 240_000, 300_000, 300_000]);
     }
 
     #[test]
@@ -806,10 +758,7 @@ mod tests {
         trip(&mut s, 0);
         let (t, _) = s.claim_probe(30_000, &r).unwrap();
         let change = s.record(30_500, Verdict::Failure, t, &r).unwrap();
-        assert_eq!(
-            (change.from, change.to),
-            (PhaseKind::HalfOpen, PhaseKind::Open)
-        );
+        assert_eq!((change.from, change.to), (PhaseKind::HalfOpen, PhaseKind::Open));
         assert_eq!(change.ejected_for_ms, Some(60_000));
         assert_eq!(s.phase, Phase::Open { until_ms: 90_500 });
     }
@@ -821,10 +770,7 @@ mod tests {
         trip(&mut s, 0);
         let probes: Vec<_> = (0..5).filter_map(|_| s.claim_probe(30_000, &r)).collect();
         assert_eq!(probes.len(), 3);
-        assert!(matches!(
-            s.availability(30_001, &r),
-            Availability::Unavailable { .. }
-        ));
+        assert!(matches!(s.availability(30_001, &r), Availability::Unavailable { .. }));
         // One success frees nothing: the budget counts answered probes too.
         s.record(30_100, Verdict::Success, probes[0].0, &r);
         assert_eq!(s.claim_probe(30_200, &r), None);
@@ -903,11 +849,7 @@ mod tests {
             // 10 requests per second.
             now += 100;
             coin = !coin;
-            let verdict = if coin {
-                Verdict::Failure
-            } else {
-                Verdict::Success
-            };
+            let verdict = if coin { Verdict::Failure } else { Verdict::Success };
             let t = match s.availability(now, &r) {
                 Availability::Open(t) => t,
                 Availability::Probe => match s.claim_probe(now, &r) {
@@ -925,10 +867,7 @@ mod tests {
             }
         }
         assert!(changes <= 40, "{changes} state changes in an hour");
-        assert!(
-            served < 3_000,
-            "{served} requests reached a coin-flip vendor"
-        );
+        assert!(served < 3_000, "{served} requests reached a coin-flip vendor");
     }
 
     #[test]
@@ -961,11 +900,7 @@ mod tests {
         let mut s = fresh();
         // 7 slow of 9 is below the volume; the 10th makes 8 of 10 = 80%.
         for i in 0..9 {
-            let v = if i < 7 {
-                Verdict::Slow
-            } else {
-                Verdict::Success
-            };
+            let v = if i < 7 { Verdict::Slow } else { Verdict::Success };
             assert_eq!(feed(&mut s, 0, v), None);
         }
         let t = feed(&mut s, 0, Verdict::Slow).expect("trip");
@@ -1005,21 +940,11 @@ mod tests {
             change.to_string(),
             "closed -> rate-limited (answered 429; skipped for 2000 ms, its health untouched)"
         );
-        assert_eq!(
-            s.availability(2_999, &r),
-            Availability::Unavailable { due_ms: 3_000 }
-        );
+        assert_eq!(s.availability(2_999, &r), Availability::Unavailable { due_ms: 3_000 });
         assert_eq!(s.effective_kind(2_999), PhaseKind::RateLimited);
         assert!(matches!(s.availability(3_000, &r), Availability::Open(_)));
-        assert_eq!(
-            s.window.totals(3_000).requests(),
-            0,
-            "not counted as an outcome"
-        );
-        assert_eq!(
-            (s.phase, s.level, s.consecutive_failures),
-            (Phase::Closed, 0, 0)
-        );
+        assert_eq!(s.window.totals(3_000).requests(), 0, "not counted as an outcome");
+        assert_eq!((s.phase, s.level, s.consecutive_failures), (Phase::Closed, 0, 0));
         // A second 429 extends it without a new state change.
         assert_eq!(
             s.record(
@@ -1035,14 +960,7 @@ mod tests {
         assert_eq!(s.cooldown_until_ms, 4_500);
         // No header: the default; a huge header: the cap.
         let mut s = fresh();
-        s.record(
-            0,
-            Verdict::RateLimited {
-                retry_after_ms: None,
-            },
-            t,
-            &r,
-        );
+        s.record(0, Verdict::RateLimited { retry_after_ms: None }, t, &r);
         assert_eq!(s.cooldown_until_ms, 5_000);
         let mut s = fresh();
         s.record(

@@ -13,8 +13,11 @@ const CAS_MISMATCH: u32 = 8;
 
 pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_HEADERS: u32 = 2;
+const REQUEST_BODY: u32 = 0;
 const RESPONSE_BODY: u32 = 1;
+const CALLOUT_BODY: u32 = 4;
 const PLUGIN_CONFIGURATION: u32 = 7;
+pub const CALLOUT_HEADERS: u32 = 6;
 
 pub const COUNTER: u32 = 0;
 pub const GAUGE: u32 = 1;
@@ -32,19 +35,9 @@ extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
-    fn proxy_get_header_map_pairs(
-        map_type: u32,
-        return_data: *mut *mut u8,
-        return_size: *mut usize,
-    ) -> u32;
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
-    fn proxy_set_buffer_bytes(
-        buffer_type: u32,
-        start: usize,
-        size: usize,
-        data: *const u8,
-        data_size: usize,
-    ) -> u32;
+    fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -79,23 +72,12 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
-    fn proxy_register_shared_queue(
-        name_data: *const u8,
-        name_size: usize,
-        return_id: *mut u32,
-    ) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_register_shared_queue(name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
-    fn proxy_dequeue_shared_queue(
-        queue_id: u32,
-        return_data: *mut *mut u8,
-        return_size: *mut usize,
-    ) -> u32;
-    fn proxy_define_metric(
-        metric_type: u32,
-        name_data: *const u8,
-        name_size: usize,
-        return_id: *mut u32,
-    ) -> u32;
+    fn proxy_dequeue_shared_queue(queue_id: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_send_local_response(
@@ -229,12 +211,55 @@ pub fn append_response_body(size: usize, data: &[u8]) -> HostResult<()> {
     check(unsafe { proxy_set_buffer_bytes(RESPONSE_BODY, size, 0, data.as_ptr(), data.len()) })
 }
 
+/// Makes later host calls act on another context of this VM (a stream,
+/// from the root context's tick or callout callbacks).
+pub fn set_effective_context(context_id: u32) -> HostResult<()> {
+    // SAFETY: plain value argument.
+    check(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Resumes a request paused in its headers or body.
+pub fn resume_request() -> HostResult<()> {
+    // SAFETY: plain value argument (0: the request stream).
+    check(unsafe { proxy_continue_stream(0) })
+}
+
+/// The request body buffered so far (`size` bytes).
+pub fn request_body(size: usize) -> HostResult<Option<Vec<u8>>> {
+    // SAFETY: see get_bytes.
+    get_bytes(|d, s| unsafe { proxy_get_buffer_bytes(REQUEST_BODY, 0, size, d, s) })
+}
+
+/// Replaces the whole buffered request body (`size` bytes) with `data`.
+pub fn replace_request_body(size: usize, data: &[u8]) -> HostResult<()> {
+    // SAFETY: pointer and length describe a live slice.
+    check(unsafe { proxy_set_buffer_bytes(REQUEST_BODY, 0, size, data.as_ptr(), data.len()) })
+}
+
+/// The body of the answer to an HTTP callout, in its response callback.
+pub fn callout_body(size: usize) -> HostResult<Option<Vec<u8>>> {
+    // SAFETY: see get_bytes.
+    get_bytes(|d, s| unsafe { proxy_get_buffer_bytes(CALLOUT_BODY, 0, size, d, s) })
+}
+
+/// Sends an HTTP request to `cluster`; the answer arrives in the calling
+/// context's `on_http_call_response` with the returned token. Goes through
+/// the SDK so that its dispatcher knows the token.
+pub fn dispatch(cluster: &str, headers: Vec<(&str, &str)>, body: &[u8], timeout_ms: u64) -> HostResult<u32> {
+    proxy_wasm::hostcalls::dispatch_http_call(
+        cluster,
+        headers,
+        Some(body),
+        vec![],
+        std::time::Duration::from_millis(timeout_ms.max(1)),
+    )
+    .map_err(|s| HostError(s as u32))
+}
+
 /// Sets a header, replacing every value it had.
 pub fn set_header(map: u32, name: &str, value: &[u8]) -> HostResult<()> {
     // SAFETY: pointers and lengths describe live slices.
-    check(unsafe {
-        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
-    })
+    check(unsafe { proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// Reads a property; `path` is its segments joined by NUL bytes.
@@ -245,11 +270,7 @@ pub fn property(path: &[u8]) -> HostResult<Option<Vec<u8>>> {
 
 /// A little-endian integer property such as `response.flags`.
 pub fn property_u64(path: &[u8]) -> HostResult<Option<u64>> {
-    Ok(property(path)?.and_then(|b| {
-        <[u8; 8]>::try_from(b.as_slice())
-            .ok()
-            .map(u64::from_le_bytes)
-    }))
+    Ok(property(path)?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok().map(u64::from_le_bytes)))
 }
 
 pub fn define_metric(kind: u32, name: &str) -> HostResult<u32> {
@@ -270,9 +291,8 @@ pub fn record_metric(id: u32, value: u64) {
 }
 
 /// Answers the client directly with `status`, `headers` and `body`.
-pub fn send_response(status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> HostResult<()> {
+pub fn send_response(status: u32, headers: &[(&str, &[u8])], body: &[u8], details: &str) -> HostResult<()> {
     let map = abi::serialize_pairs(headers);
-    let details = b"llm_failover_all_vendors_unavailable";
     // SAFETY: pointers and lengths describe live buffers.
     check(unsafe {
         proxy_send_local_response(
@@ -323,9 +343,7 @@ impl Store for SharedData {
         let mut size: usize = 0;
         let mut cas: u32 = 0;
         // SAFETY: key is a live &str; the host fills data/size/cas.
-        let status = unsafe {
-            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
-        };
+        let status = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
         match status {
             // SAFETY: on success data/size come from our allocator.
             OK => Ok(unsafe { take_buffer(data, size) }.map(|v| (v, cas))),
@@ -335,14 +353,9 @@ impl Store for SharedData {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        let value_ptr = if value.is_empty() {
-            null()
-        } else {
-            value.as_ptr()
-        };
+        let value_ptr = if value.is_empty() { null() } else { value.as_ptr() };
         // SAFETY: pointers and lengths describe live slices.
-        let status =
-            unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value_ptr, value.len(), cas) };
+        let status = unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value_ptr, value.len(), cas) };
         match status {
             OK => Ok(()),
             CAS_MISMATCH => Err(StoreError::Conflict),

@@ -4,6 +4,7 @@
 //! whole decision path is unit-tested on the host.
 
 pub mod abi;
+pub mod adapt;
 pub mod batch;
 pub mod choice;
 pub mod classify;
@@ -11,8 +12,10 @@ pub mod codec;
 pub mod config;
 pub mod health;
 pub mod notify;
+pub mod plan;
 pub mod ratelimit;
 pub mod reply;
+pub mod rescue;
 pub mod sse;
 pub mod store;
 pub mod view;
@@ -22,6 +25,8 @@ pub mod window;
 mod filter;
 #[cfg(target_arch = "wasm32")]
 mod host;
+#[cfg(target_arch = "wasm32")]
+mod journey;
 #[cfg(target_arch = "wasm32")]
 mod metrics;
 

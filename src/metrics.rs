@@ -39,11 +39,22 @@ pub struct GlobalStats {
     pub rejected: u32,
     pub state_resets: u32,
     pub store_errors: u32,
+    /// Requests answered by a rescue after their first attempt failed.
+    pub rescued: u32,
+    /// Rescue attempts sent (callouts).
+    pub rescue_attempts: u32,
+    /// Requests answered 503 because no vendor was left to try.
+    pub rescues_failed: u32,
+    /// Streams abandoned for missing the time-to-first-token limit.
+    pub first_token_timeouts: u32,
+    /// Request bodies too large to hold: passed through without rescue.
+    pub body_too_large: u32,
+    /// Requests for a model no vendor serves (answered 404).
+    pub model_not_served: u32,
 }
 
 fn define(kind: u32, name: &str) -> Result<u32, String> {
-    host::define_metric(kind, name)
-        .map_err(|e| format!("cannot define metric {name}: host status {}", e.0))
+    host::define_metric(kind, name).map_err(|e| format!("cannot define metric {name}: host status {}", e.0))
 }
 
 impl VendorStats {
@@ -82,8 +93,7 @@ impl VendorStats {
     /// Counts an in-stream error by the vendor's own type for it.
     pub fn count_stream_error(&self, kind: &str) {
         let mut known = self.stream_errors.borrow_mut();
-        let kind = if known.len() >= MAX_STREAM_ERROR_KINDS && !known.iter().any(|(k, _)| k == kind)
-        {
+        let kind = if known.len() >= MAX_STREAM_ERROR_KINDS && !known.iter().any(|(k, _)| k == kind) {
             "other"
         } else {
             kind
@@ -111,6 +121,12 @@ impl GlobalStats {
             rejected: define(COUNTER, "llm_failover.rejected")?,
             state_resets: define(COUNTER, "llm_failover.state_resets")?,
             store_errors: define(COUNTER, "llm_failover.store_errors")?,
+            rescued: define(COUNTER, "llm_failover.rescued")?,
+            rescue_attempts: define(COUNTER, "llm_failover.rescue_attempts")?,
+            rescues_failed: define(COUNTER, "llm_failover.rescues_failed")?,
+            first_token_timeouts: define(COUNTER, "llm_failover.first_token_timeouts")?,
+            body_too_large: define(COUNTER, "llm_failover.body_too_large")?,
+            model_not_served: define(COUNTER, "llm_failover.model_not_served")?,
         })
     }
 }

@@ -30,10 +30,7 @@ pub fn join(registry: Option<&[u8]>, token: u32) -> Vec<u8> {
     list.retain(|&t| t != token);
     list.push(token);
     let skip = list.len().saturating_sub(MAX_WORKERS);
-    list.iter()
-        .skip(skip)
-        .flat_map(|t| t.to_le_bytes())
-        .collect()
+    list.iter().skip(skip).flat_map(|t| t.to_le_bytes()).collect()
 }
 
 /// The next worker number after the stored one, and the value to store.

@@ -42,10 +42,7 @@ pub fn retry_after_ms(headers: &[(&str, &[u8])], now_ms: u64) -> Option<u64> {
             continue;
         };
         let (reset, remaining_name) = if let Some(kind) = name.strip_prefix("x-ratelimit-reset-") {
-            (
-                parse_go_duration(value),
-                format!("x-ratelimit-remaining-{kind}"),
-            )
+            (parse_go_duration(value), format!("x-ratelimit-remaining-{kind}"))
         } else if let Some(kind) = name
             .strip_prefix("anthropic-ratelimit-")
             .and_then(|k| k.strip_suffix("-reset"))
@@ -131,21 +128,12 @@ struct Stamp {
 impl Stamp {
     fn epoch_ms(&self) -> Option<u64> {
         let (h, m, s) = self.hms;
-        if !(1..=12).contains(&self.month)
-            || !(1..=31).contains(&self.day)
-            || h > 23
-            || m > 59
-            || s > 60
-        {
+        if !(1..=12).contains(&self.month) || !(1..=31).contains(&self.day) || h > 23 || m > 59 || s > 60 {
             return None;
         }
         let days = days_from_civil(self.year, self.month, self.day);
-        let secs = days * 86_400 + i64::from(h) * 3_600 + i64::from(m) * 60 + i64::from(s)
-            - self.offset_min * 60;
-        u64::try_from(secs)
-            .ok()?
-            .checked_mul(1_000)?
-            .checked_add(self.frac_ms)
+        let secs = days * 86_400 + i64::from(h) * 3_600 + i64::from(m) * 60 + i64::from(s) - self.offset_min * 60;
+        u64::try_from(secs).ok()?.checked_mul(1_000)?.checked_add(self.frac_ms)
     }
 }
 
@@ -237,10 +225,7 @@ mod tests {
     fn clock_reference_is_right() {
         assert_eq!(parse_rfc3339("2025-11-25T10:00:00Z"), Some(NOW));
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777_000)
-        );
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777_000));
         assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400_000));
     }
 
@@ -248,24 +233,15 @@ mod tests {
     fn retry_after_in_seconds_and_ms() {
         assert_eq!(after(&[("retry-after", "2")]), Some(2_000));
         assert_eq!(after(&[("retry-after", " 0.5 ")]), Some(500));
-        assert_eq!(
-            after(&[("retry-after-ms", "1500"), ("retry-after", "9")]),
-            Some(1_500)
-        );
+        assert_eq!(after(&[("retry-after-ms", "1500"), ("retry-after", "9")]), Some(1_500));
         assert_eq!(after(&[("retry-after", "0")]), Some(0));
     }
 
     #[test]
     fn retry_after_as_an_http_date() {
-        assert_eq!(
-            after(&[("retry-after", "Tue, 25 Nov 2025 10:00:07 GMT")]),
-            Some(7_000)
-        );
+        assert_eq!(after(&[("retry-after", "Tue, 25 Nov 2025 10:00:07 GMT")]), Some(7_000));
         // Already past: no wait.
-        assert_eq!(
-            after(&[("retry-after", "Tue, 25 Nov 2025 09:00:00 GMT")]),
-            Some(0)
-        );
+        assert_eq!(after(&[("retry-after", "Tue, 25 Nov 2025 09:00:00 GMT")]), Some(0));
     }
 
     #[test]
@@ -284,10 +260,7 @@ mod tests {
         assert_eq!(after(&h), Some(2_000));
         // Without remaining counts: the soonest reset.
         assert_eq!(
-            after(&[
-                ("x-ratelimit-reset-requests", "3s"),
-                ("x-ratelimit-reset-tokens", "1s")
-            ]),
+            after(&[("x-ratelimit-reset-requests", "3s"), ("x-ratelimit-reset-tokens", "1s")]),
             Some(1_000)
         );
     }
@@ -298,17 +271,11 @@ mod tests {
             ("anthropic-ratelimit-requests-remaining", "12"),
             ("anthropic-ratelimit-requests-reset", "2025-11-25T10:00:30Z"),
             ("anthropic-ratelimit-tokens-remaining", "0"),
-            (
-                "anthropic-ratelimit-tokens-reset",
-                "2025-11-25T10:00:04.500Z",
-            ),
+            ("anthropic-ratelimit-tokens-reset", "2025-11-25T10:00:04.500Z"),
         ];
         assert_eq!(after(&h), Some(4_500));
         assert_eq!(
-            after(&[(
-                "anthropic-ratelimit-input-tokens-reset",
-                "2025-11-25T11:00:03+01:00"
-            )]),
+            after(&[("anthropic-ratelimit-input-tokens-reset", "2025-11-25T11:00:03+01:00")]),
             Some(3_000)
         );
     }

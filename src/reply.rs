@@ -1,9 +1,10 @@
-//! The filter's own answer when every vendor is ejected and `all_down` is
-//! `reject`: a 503 in OpenAI's error format, naming each vendor and when it
-//! is due back, with `retry-after` set to the soonest.
+//! The filter's own answers, in the client's API format (OpenAI's error
+//! object, or Anthropic's): a 503 when no vendor is left to serve a request
+//! (naming each vendor and when it is due back, with `retry-after` set to
+//! the soonest), and a 404 when no vendor serves the requested model.
 
 use crate::choice::Due;
-use crate::config::Config;
+use crate::config::{Config, Format};
 use serde_json::json;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,53 @@ fn seconds_until(due_ms: u64, now_ms: u64) -> u64 {
     due_ms.saturating_sub(now_ms).div_ceil(1_000).max(1)
 }
 
+/// Every vendor is ejected, or every one that could serve has failed.
+pub fn unavailable(format: Option<Format>, config: &Config, due: &[Due], now_ms: u64, tried: &[usize]) -> Rejection {
+    let mut r = all_vendors_down(config, due, now_ms);
+    let names = |list: &[usize]| -> Vec<String> {
+        list.iter()
+            .filter_map(|&v| config.vendors.get(v).map(|x| x.name.clone()))
+            .collect()
+    };
+    if !tried.is_empty() {
+        let mut body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        if let Some(e) = body.get_mut("error") {
+            let msg = e
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default()
+                .to_string();
+            e["message"] = json!(format!("Tried {} without success. {msg}", names(tried).join(", ")));
+            e["tried"] = json!(names(tried));
+        }
+        r.body = body.to_string();
+    }
+    if format == Some(Format::Anthropic) {
+        let message = serde_json::from_str::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v.get("error")?.get("message")?.as_str().map(str::to_string))
+            .unwrap_or_default();
+        r.body = json!({"type": "error", "error": {"type": "api_error", "message": message}}).to_string();
+    }
+    r
+}
+
+/// No vendor serves the requested model in the client's API format.
+pub fn model_not_served(format: Option<Format>, model: &str) -> Rejection {
+    let message = format!("No configured vendor serves the model {model:?}.");
+    let body = match format {
+        Some(Format::Anthropic) => json!({"type": "error", "error": {"type": "not_found_error", "message": message}}),
+        _ => {
+            json!({"error": {"message": message, "type": "invalid_request_error", "param": "model", "code": "model_not_found"}})
+        }
+    };
+    Rejection {
+        status: 404,
+        retry_after_s: 0,
+        body: body.to_string(),
+    }
+}
+
 pub fn all_vendors_down(config: &Config, due: &[Due], now_ms: u64) -> Rejection {
     let vendors: Vec<_> = due
         .iter()
@@ -27,10 +75,7 @@ pub fn all_vendors_down(config: &Config, due: &[Due], now_ms: u64) -> Rejection 
         })
         .collect();
     let retry_after_s = vendors.iter().map(|v| v.1).min().unwrap_or(1);
-    let listed: Vec<String> = vendors
-        .iter()
-        .map(|(name, s)| format!("{name} in {s}s"))
-        .collect();
+    let listed: Vec<String> = vendors.iter().map(|(name, s)| format!("{name} in {s}s")).collect();
     let message = format!(
         "Every LLM vendor is temporarily unavailable; due back: {}. Retry after {retry_after_s}s.",
         listed.join(", ")
@@ -60,14 +105,15 @@ mod tests {
 
     #[test]
     fn names_every_vendor_and_the_soonest_retry() {
-        let config =
-            Config::parse(br#"{"vendors":[{"name":"anthropic"},{"name":"openai"}]}"#).unwrap();
+        let config = Config::parse(br#"{"vendors":[{"name":"anthropic"},{"name":"openai"}]}"#).unwrap();
         let due = [
             Due {
+                unit: 1,
                 vendor: 1,
                 due_ms: 12_001,
             },
             Due {
+                unit: 0,
                 vendor: 0,
                 due_ms: 30_000,
             },
@@ -85,11 +131,39 @@ mod tests {
     }
 
     #[test]
+    fn answers_in_the_clients_format() {
+        let config = Config::parse(br#"{"vendors":[{"name":"a"},{"name":"b"}]}"#).unwrap();
+        let due = [Due {
+            unit: 1,
+            vendor: 1,
+            due_ms: 4_000,
+        }];
+        let r = unavailable(Some(Format::Anthropic), &config, &due, 1_000, &[0, 1]);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "api_error");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("Tried a, b without success."), "{msg}");
+        assert_eq!(r.retry_after_s, 3);
+        let r = unavailable(Some(Format::OpenAi), &config, &due, 1_000, &[0]);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["error"]["code"], "all_vendors_unavailable");
+        assert_eq!(v["error"]["tried"], json!(["a"]));
+        let r = model_not_served(Some(Format::OpenAi), "gpt-9");
+        assert_eq!(r.status, 404);
+        assert!(r.body.contains("model_not_found"));
+        assert!(model_not_served(Some(Format::Anthropic), "x")
+            .body
+            .contains("not_found_error"));
+    }
+
+    #[test]
     fn never_says_retry_after_zero() {
         let config = Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap();
         let r = all_vendors_down(
             &config,
             &[Due {
+                unit: 0,
                 vendor: 0,
                 due_ms: 5,
             }],

@@ -105,7 +105,7 @@ pub enum Ending {
 }
 
 /// Scans one response stream.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Scanner {
     dialect: Option<&'static Dialect>,
     line: Vec<u8>,
@@ -186,6 +186,11 @@ impl Scanner {
         self.take_line_part(chunk);
     }
 
+    /// The verdict if the stream ended now, leaving this scanner as it is.
+    pub fn clone_finish(&self) -> Ending {
+        self.clone().finish()
+    }
+
     /// The verdict once the stream has ended (no more bytes will come).
     pub fn finish(&mut self) -> Ending {
         // An unterminated last line or event still counts for the verdict:
@@ -243,8 +248,7 @@ impl Scanner {
         match field {
             b"event" => {
                 self.event_name.clear();
-                self.event_name
-                    .extend_from_slice(value.get(..64).unwrap_or(value));
+                self.event_name.extend_from_slice(value.get(..64).unwrap_or(value));
             }
             b"data" => {
                 if self.has_data {
@@ -287,8 +291,7 @@ impl Scanner {
         if self.dialect.is_none() {
             self.dialect = DIALECTS.into_iter().find(|d| {
                 d.event_names.iter().any(|n| n.as_bytes() == name)
-                    || d.data_marker
-                        .is_some_and(|m| find(data, m.as_bytes()).is_some())
+                    || d.data_marker.is_some_and(|m| find(data, m.as_bytes()).is_some())
             });
         }
         if name == b"error" {
@@ -311,9 +314,7 @@ impl Scanner {
         };
         if d.end_events.iter().any(|e| e.as_bytes() == name)
             || d.end_data.iter().any(|e| e.as_bytes() == trimmed)
-            || d.finish_keys
-                .iter()
-                .any(|k| has_non_null(trimmed, k.as_bytes()))
+            || d.finish_keys.iter().any(|k| has_non_null(trimmed, k.as_bytes()))
         {
             self.ended = true;
         }
@@ -361,10 +362,7 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     let last_start = haystack.len() - needle.len();
     let mut i = 0;
     while i <= last_start {
-        let rel = haystack
-            .get(i..=last_start)?
-            .iter()
-            .position(|&b| b == first)?;
+        let rel = haystack.get(i..=last_start)?.iter().position(|&b| b == first)?;
         i += rel;
         if haystack.get(i..i + needle.len()) == Some(needle) {
             return Some(i);
@@ -375,10 +373,7 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -406,10 +401,7 @@ fn has_non_null(json: &[u8], key: &[u8]) -> bool {
 }
 
 fn trim_start(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     b.get(start..).unwrap_or_default()
 }
 
@@ -426,9 +418,7 @@ fn json_error(data: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(data).ok()?;
     let obj = value.as_object()?;
     let is_error = match obj.get("error") {
-        Some(serde_json::Value::Null) | None => {
-            obj.get("type").and_then(|t| t.as_str()) == Some("error")
-        }
+        Some(serde_json::Value::Null) | None => obj.get("type").and_then(|t| t.as_str()) == Some("error"),
         Some(_) => true,
     };
     if !is_error {
@@ -555,10 +545,7 @@ data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_erro
     #[test]
     fn errors_inside_200_streams_at_every_split() {
         every_split(ANTHROPIC_OVERLOADED.as_bytes(), &err("overloaded_error"));
-        every_split(
-            crlf(ANTHROPIC_OVERLOADED).as_bytes(),
-            &err("overloaded_error"),
-        );
+        every_split(crlf(ANTHROPIC_OVERLOADED).as_bytes(), &err("overloaded_error"));
         every_split(OPENAI_ERROR.as_bytes(), &err("server_error"));
         every_split(crlf(OPENAI_ERROR).as_bytes(), &err("server_error"));
     }
@@ -570,10 +557,7 @@ data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_erro
         sc.feed(&ANTHROPIC_OVERLOADED.as_bytes()[..cut]);
         assert!(sc.error().is_none(), "the event has not ended yet");
         sc.feed(b"\n");
-        assert_eq!(
-            sc.error().map(|e| e.kind.as_str()),
-            Some("overloaded_error")
-        );
+        assert_eq!(sc.error().map(|e| e.kind.as_str()), Some("overloaded_error"));
     }
 
     #[test]
@@ -592,7 +576,10 @@ data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_erro
         let s = OPENAI_OK.replace("data: [DONE]\n\n", "");
         assert_eq!(scan_whole(s.as_bytes()), Ending::Complete);
         // ...but finish_reason null is not.
-        let s = OPENAI_OK.split("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},").next().unwrap();
+        let s = OPENAI_OK
+            .split("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},")
+            .next()
+            .unwrap();
         assert_eq!(scan_whole(s.as_bytes()), Ending::Truncated);
     }
 
@@ -632,7 +619,10 @@ data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_erro
             "\\\"content\\\":\\\"Hel\\\"",
             "\\\"content\\\":\\\"the \\\\\\\"error\\\\\\\": key and finish_reason\\\"",
         );
-        let s = s.replace("\"content\":\"Hel\"", "\"content\":\"say \\\"error\\\": {\\\"type\\\":\\\"x\\\"} and \\\"finish_reason\\\": 1\"");
+        let s = s.replace(
+            "\"content\":\"Hel\"",
+            "\"content\":\"say \\\"error\\\": {\\\"type\\\":\\\"x\\\"} and \\\"finish_reason\\\": 1\"",
+        );
         assert_eq!(scan_whole(s.as_bytes()), Ending::Complete);
         let cut = s.find("data: [DONE]").unwrap();
         let without_end = s[..cut].replace("\"finish_reason\":\"stop\"", "\"finish_reason\":null");
@@ -641,8 +631,11 @@ data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_erro
 
     #[test]
     fn malformed_json_and_non_utf8_do_not_confuse_it() {
-        let mut s = b"data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"\xff\xfe\"}".to_vec();
-        s.extend_from_slice(b"\n\ndata: {not json at all\n\ndata: {\"error\": oops}\n\n\xc3\x28: \xff\n\ndata: [DONE]\n\n");
+        let mut s =
+            b"data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"\xff\xfe\"}".to_vec();
+        s.extend_from_slice(
+            b"\n\ndata: {not json at all\n\ndata: {\"error\": oops}\n\n\xc3\x28: \xff\n\ndata: [DONE]\n\n",
+        );
         assert_eq!(scan_whole(&s), Ending::Complete);
         let s = b"event: error\ndata: \xff\xfe not json\n\n";
         assert_eq!(scan_whole(s), err("error"));
@@ -675,17 +668,13 @@ data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_erro
 
     #[test]
     fn dialects_by_path() {
-        assert_eq!(
-            dialect_for_path(b"/v1/messages").map(|d| d.name),
-            Some("anthropic")
-        );
+        assert_eq!(dialect_for_path(b"/v1/messages").map(|d| d.name), Some("anthropic"));
         assert_eq!(
             dialect_for_path(b"/openai/v1/chat/completions?x=1").map(|d| d.name),
             Some("openai")
         );
         assert_eq!(
-            dialect_for_path(b"/v1beta/models/gemini-pro:streamGenerateContent?alt=sse")
-                .map(|d| d.name),
+            dialect_for_path(b"/v1beta/models/gemini-pro:streamGenerateContent?alt=sse").map(|d| d.name),
             Some("gemini")
         );
         assert_eq!(dialect_for_path(b"/v1/embeddings"), None);
@@ -699,12 +688,8 @@ data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_erro
         assert_eq!(sc.finish(), err("api_error"));
         let text = String::from_utf8(ev).unwrap();
         assert!(text.starts_with("event: error\ndata: {"));
-        let data: serde_json::Value = serde_json::from_str(
-            text.trim_end()
-                .strip_prefix("event: error\ndata: ")
-                .unwrap(),
-        )
-        .unwrap();
+        let data: serde_json::Value =
+            serde_json::from_str(text.trim_end().strip_prefix("event: error\ndata: ").unwrap()).unwrap();
         assert_eq!(data["error"]["code"], "stream_truncated");
         assert_eq!(data["type"], "error");
         // Cut mid-event: the event is closed first.
@@ -777,12 +762,7 @@ data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_erro
                 sc.feed(&rest[..take]);
                 rest = &rest[take..];
             }
-            assert_eq!(
-                sc.finish(),
-                whole,
-                "stream {:?}",
-                String::from_utf8_lossy(&s)
-            );
+            assert_eq!(sc.finish(), whole, "stream {:?}", String::from_utf8_lossy(&s));
         }
     }
 }

@@ -70,11 +70,7 @@ pub struct Loaded {
     pub existed: bool,
 }
 
-pub fn load<S: Store + ?Sized>(
-    store: &S,
-    key: &str,
-    spec: WindowSpec,
-) -> Result<Loaded, StoreError> {
+pub fn load<S: Store + ?Sized>(store: &S, key: &str, spec: WindowSpec) -> Result<Loaded, StoreError> {
     Ok(match store.get(key)? {
         None => Loaded {
             state: VendorState::new(spec),
@@ -102,11 +98,7 @@ pub fn load<S: Store + ?Sized>(
 /// Writes a fresh state for a key that does not exist yet. Called when the
 /// filter is configured, before the worker serves traffic, because a write
 /// to a missing key cannot be compare-and-swapped.
-pub fn create_if_missing<S: Store + ?Sized>(
-    store: &S,
-    key: &str,
-    spec: WindowSpec,
-) -> Result<bool, StoreError> {
+pub fn create_if_missing<S: Store + ?Sized>(store: &S, key: &str, spec: WindowSpec) -> Result<bool, StoreError> {
     if store.get(key)?.is_some() {
         return Ok(false);
     }
@@ -130,12 +122,7 @@ pub struct Updated<R> {
 /// retrying on conflict. `step` must be pure: it may run several times and
 /// only the run whose write lands counts. Nothing is written when the step
 /// leaves the state unchanged.
-pub fn update<S, R, F>(
-    store: &S,
-    key: &str,
-    spec: WindowSpec,
-    mut step: F,
-) -> Result<Updated<R>, StoreError>
+pub fn update<S, R, F>(store: &S, key: &str, spec: WindowSpec, mut step: F) -> Result<Updated<R>, StoreError>
 where
     S: Store + ?Sized,
     F: FnMut(&mut VendorState) -> R,
@@ -217,9 +204,7 @@ impl MemoryStore {
     /// Overwrites a key with arbitrary bytes, as a bad writer would.
     pub fn put_raw(&self, key: &str, bytes: &[u8]) {
         let cas = self.bump();
-        self.map
-            .borrow_mut()
-            .insert(key.to_string(), (bytes.to_vec(), cas));
+        self.map.borrow_mut().insert(key.to_string(), (bytes.to_vec(), cas));
     }
 
     pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
@@ -261,9 +246,7 @@ impl Store for MemoryStore {
             }
         }
         let next = self.bump();
-        self.map
-            .borrow_mut()
-            .insert(key.to_string(), (value.to_vec(), next));
+        self.map.borrow_mut().insert(key.to_string(), (value.to_vec(), next));
         self.writes.set(self.writes.get() + 1);
         Ok(())
     }
@@ -287,12 +270,7 @@ mod tests {
     }
 
     fn successes(store: &MemoryStore, key: &str) -> u64 {
-        load(store, key, SPEC)
-            .unwrap()
-            .state
-            .window
-            .totals(0)
-            .successes
+        load(store, key, SPEC).unwrap().state.window.totals(0).successes
     }
 
     #[test]
@@ -353,13 +331,9 @@ mod tests {
             probe: false,
             quiet: false,
         };
-        let rules = crate::health::Rules::from_config(
-            &crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap(),
-        );
-        update(&store, &key, SPEC, |s| {
-            s.record(0, Verdict::Failure, stale, &rules)
-        })
-        .unwrap();
+        let rules =
+            crate::health::Rules::from_config(&crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap());
+        update(&store, &key, SPEC, |s| s.record(0, Verdict::Failure, stale, &rules)).unwrap();
         assert_eq!(store.writes.get(), writes);
     }
 
@@ -392,9 +366,6 @@ mod tests {
 
     #[test]
     fn key_carries_the_format_version() {
-        assert_eq!(
-            vendor_key("openai", SPEC),
-            "llm_failover.v2.openai.1000msx10"
-        );
+        assert_eq!(vendor_key("openai", SPEC), "llm_failover.v2.openai.1000msx10");
     }
 }

@@ -230,11 +230,7 @@ mod tests {
         w.record_slow(9_000);
         let t = w.totals(9_000);
         assert_eq!((t.successes, t.failures, t.slow), (3, 0, 2));
-        assert_eq!(
-            w.totals(13_000).slow,
-            1,
-            "the first expired with its bucket"
-        );
+        assert_eq!(w.totals(13_000).slow, 1, "the first expired with its bucket");
     }
 
     #[test]

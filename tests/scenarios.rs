@@ -2,12 +2,7 @@
 //! round-robin counter) share one in-memory store, a fake clock advances,
 //! and mock vendors fail on a schedule. Only the proxy is missing.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use llm_failover::choice::{choose, Choice, Worker};
 use llm_failover::classify::{classify, Observed, Outcome};
@@ -38,18 +33,13 @@ impl Sim {
             rules,
             keys,
             store: MemoryStore::new(),
-            workers: (0..workers).map(|_| Worker::new(3)).collect(),
+            workers: (0..workers).map(|_| Worker::new(3, 3)).collect(),
             transitions: vec![],
         }
     }
 
     /// One request on `worker` at `now`; `status_of(vendor)` is the answer.
-    fn request(
-        &mut self,
-        worker: usize,
-        now: u64,
-        status_of: impl Fn(&str) -> u16,
-    ) -> Option<String> {
+    fn request(&mut self, worker: usize, now: u64, status_of: impl Fn(&str) -> u16) -> Option<String> {
         let choice = choose(
             &self.config,
             &self.rules,
@@ -166,11 +156,7 @@ fn vendor_returns_529_for_ten_seconds_then_traffic_moves_and_comes_back() {
         .filter(|(t, _)| *t > 40_300)
         .all(|(_, v)| v == "anthropic"));
     assert_eq!(sim.phase(0, 60_000), PhaseKind::Closed);
-    assert_eq!(
-        sim.phase(2, 60_000),
-        PhaseKind::Closed,
-        "xai was never needed"
-    );
+    assert_eq!(sim.phase(2, 60_000), PhaseKind::Closed, "xai was never needed");
 }
 
 /// The outage outlasts the first ejection: the probe fails and the vendor

@@ -41,7 +41,11 @@ def filter_config(vendor_list: list[dict], **overrides) -> dict:
         "ejection": {"base": "1s", "max": "8s", "decay": "10s"},
         "recovery": {"probes": 3, "successes": 3, "probe_timeout": "30s"},
         "refresh_interval": "200ms",
+        # Health and signal tests watch what a failing vendor does to the
+        # client; the rescue tests turn same-request failover back on.
+        "rescue": {"max_attempts": 1},
     }
+
     config.update(overrides)
     return config
 
@@ -103,6 +107,8 @@ def envoy_config(
                         "name": "llm_failover",
                         "root_id": "llm_failover",
                         "failure_policy": failure_policy,
+                        # Lets the filter read a request's body before routing it.
+                        "allow_on_headers_stop_iteration": True,
                         "vm_config": {
                             "vm_id": "llm_failover",
                             "runtime": "envoy.wasm.runtime.v8",
