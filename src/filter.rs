@@ -23,7 +23,7 @@ use crate::classify::{self, Observed, Outcome, Reason};
 use crate::config::{Config, Format};
 use crate::health::{PhaseKind, Rules, Ticket, Transition, VendorState, Verdict};
 use crate::host::{self, SharedData, REQUEST_HEADERS, RESPONSE_HEADERS};
-use crate::journey::{Journey, JourneyRef, Stage};
+use crate::journey::{send_own_reply, Journey, JourneyRef, Stage};
 use crate::metrics::{self, GlobalStats, VendorStats};
 use crate::notify;
 use crate::plan;
@@ -426,7 +426,7 @@ impl Plugin {
                 })
             }
             Choice::Reject { due, now_ms } => {
-                self.reject(format, &due, now_ms);
+                self.reject(format, &due, now_ms, None);
                 None
             }
             Choice::Nothing => None,
@@ -434,7 +434,7 @@ impl Plugin {
     }
 
     /// Answers at once: every vendor is ejected and `all_down` is `reject`.
-    fn reject(&self, format: Option<Format>, due: &[choice::Due], now_ms: u64) {
+    fn reject(&self, format: Option<Format>, due: &[choice::Due], now_ms: u64, j: Option<&JourneyRef>) {
         metrics::add(self.stats.all_down, 1);
         metrics::add(self.stats.rejected, 1);
         let r = reply::unavailable(format, &self.config, due, now_ms, &[]);
@@ -443,13 +443,16 @@ impl Plugin {
             ("content-type", b"application/json"),
             ("retry-after", retry_after.as_bytes()),
         ];
-        if let Err(e) = host::send_response(
-            r.status,
-            &headers,
-            r.body.as_bytes(),
-            "llm_failover_all_vendors_unavailable",
-        ) {
-            log::warn!("cannot send the all-down reply (host status {})", e.0);
+        let details = "llm_failover_all_vendors_unavailable";
+        match j {
+            Some(j) => {
+                send_own_reply(j, r.status, &headers, r.body.as_bytes(), details);
+            }
+            None => {
+                if let Err(e) = host::send_response(r.status, &headers, r.body.as_bytes(), details) {
+                    log::warn!("cannot send the all-down reply (host status {})", e.0);
+                }
+            }
         }
     }
 
@@ -712,13 +715,14 @@ impl Stream {
             Err(plan::Unserved::Model(m)) => {
                 metrics::add(p.stats.model_not_served, 1);
                 let r = reply::model_not_served(format, &m);
-                let _ = host::send_response(
+                let headers: [(&str, &[u8]); 1] = [("content-type", b"application/json")];
+                send_own_reply(
+                    j,
                     r.status,
-                    &[("content-type", b"application/json")],
+                    &headers,
                     r.body.as_bytes(),
                     "llm_failover_model_not_served",
                 );
-                self.set_stage(Stage::Answered);
                 return Action::Pause;
             }
         };
@@ -787,8 +791,7 @@ impl Stream {
                 Action::Continue
             }
             Choice::Reject { due, now_ms } => {
-                p.reject(format, &due, now_ms);
-                self.set_stage(Stage::Answered);
+                p.reject(format, &due, now_ms, Some(j));
                 Action::Pause
             }
             Choice::Nothing => Action::Continue,
@@ -884,8 +887,12 @@ impl HttpContext for Stream {
         let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
             return Action::Continue;
         };
-        if matches!(self.stage(), Some(Stage::Rescuing | Stage::Answered)) {
-            return Action::Pause; // the filter answers; the router's answer is held
+        match self.stage() {
+            // The filter's own answer: let it by.
+            Some(Stage::Replying) => return Action::Continue,
+            // Being rescued: the router's answer is held, then dropped.
+            Some(Stage::Rescuing) => return Action::Pause,
+            _ => {}
         }
         // One host call for every header: the status, and what decides how
         // the answer is read.
@@ -960,7 +967,8 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         match self.stage() {
-            Some(Stage::Rescuing | Stage::Answered) => return Action::Pause,
+            Some(Stage::Replying) => return Action::Continue,
+            Some(Stage::Rescuing) => return Action::Pause,
             Some(Stage::Inspecting) => {
                 if !end_of_stream {
                     return Action::Pause;
@@ -993,7 +1001,7 @@ impl HttpContext for Stream {
             p.journeys.borrow_mut().remove(&j.borrow().ctx);
         }
         // A rescued or refused request recorded its attempts as they ended.
-        if matches!(stage, Some(Stage::Rescuing | Stage::Answered)) {
+        if matches!(stage, Some(Stage::Rescuing | Stage::Replying)) {
             return;
         }
         let Some(routed) = self.routed else {

@@ -53,8 +53,9 @@ pub enum Stage {
     Inspecting,
     /// Being rescued with callouts; anything the router still sends is held.
     Rescuing,
-    /// The client has its answer from the filter.
-    Answered,
+    /// The filter answers the client itself (a rescue's answer, or its own
+    /// error); that answer passes through this stream's encoders untouched.
+    Replying,
     /// The router's answer goes to the client.
     Passed,
 }
@@ -287,20 +288,20 @@ impl Plugin {
 
     /// Answers the client with a rescue's answer.
     fn deliver(&self, j: &JourneyRef, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) {
-        let mut jb = j.borrow_mut();
-        let tried: Vec<String> = jb
-            .flight
-            .tried_vendors()
-            .iter()
-            .map(|&v| self.vendor_name(v).to_string())
-            .collect();
-        let vendor = jb
-            .flight
-            .current()
-            .map(|a| self.vendor_name(a.vendor).to_string())
-            .unwrap_or_default();
-        let attempts = jb.flight.attempts.len().to_string();
-        let tried = tried.join(",");
+        let (vendor, attempts, tried) = {
+            let jb = j.borrow();
+            let names: Vec<&str> = jb.flight.tried_vendors().iter().map(|&v| self.vendor_name(v)).collect();
+            let vendor = jb
+                .flight
+                .current()
+                .map(|a| self.vendor_name(a.vendor))
+                .unwrap_or_default();
+            (
+                vendor.to_string(),
+                jb.flight.attempts.len().to_string(),
+                names.join(","),
+            )
+        };
         let mut out: Vec<(&str, &[u8])> = headers
             .iter()
             .filter(|(n, _)| !n.starts_with(':') && !HOP_BY_HOP.contains(&n.as_str()) && !n.starts_with("x-envoy-"))
@@ -311,39 +312,34 @@ impl Plugin {
         }
         out.push((ATTEMPTS_HEADER, attempts.as_bytes()));
         out.push((TRIED_HEADER, tried.as_bytes()));
-        match host::send_response(u32::from(status), &out, body, "llm_failover_rescued") {
-            Ok(()) => {
-                jb.stage = Stage::Answered;
-                metrics::add(self.stats.rescued, 1);
-                log::debug!("request rescued by {vendor} after {attempts} attempts ({tried})");
-            }
-            Err(e) => log::warn!("cannot send a rescued answer (host status {})", e.0),
+        if send_own_reply(j, u32::from(status), &out, body, "llm_failover_rescued") {
+            metrics::add(self.stats.rescued, 1);
+            log::debug!("request rescued by {vendor} after {attempts} attempts ({tried})");
         }
     }
 
     /// Answers 503 in the client's format: every candidate failed or is out.
     pub fn give_up(&self, j: &JourneyRef, now_ms: u64) {
-        let mut jb = j.borrow_mut();
+        let (format, plan_units, tried) = {
+            let jb = j.borrow();
+            let units: Vec<(usize, usize)> = jb.flight.plan.iter().map(|p| (p.cand.unit, p.cand.vendor)).collect();
+            (jb.format, units, jb.flight.tried_vendors())
+        };
         let mut due = Vec::new();
-        for p in &jb.flight.plan {
-            let Some(key) = self.keys.get(p.cand.unit) else {
+        for (unit, vendor) in plan_units {
+            let Some(key) = self.keys.get(unit) else {
                 continue;
             };
             if let Ok(loaded) = store::load(&SharedData, key, self.rules.window) {
                 if let crate::health::Availability::Unavailable { due_ms } =
                     loaded.state.availability(now_ms, &self.rules)
                 {
-                    due.push(choice::Due {
-                        unit: p.cand.unit,
-                        vendor: p.cand.vendor,
-                        due_ms,
-                    });
+                    due.push(choice::Due { unit, vendor, due_ms });
                 }
             }
         }
         due.sort_by_key(|d| d.due_ms);
-        let tried = jb.flight.tried_vendors();
-        let r = reply::unavailable(jb.format, &self.config, &due, now_ms, &tried);
+        let r = reply::unavailable(format, &self.config, &due, now_ms, &tried);
         let retry_after = r.retry_after_s.to_string();
         let names: Vec<&str> = tried.iter().map(|&v| self.vendor_name(v)).collect();
         let tried_list = names.join(",");
@@ -354,17 +350,14 @@ impl Plugin {
             (ATTEMPTS_HEADER, attempts.as_bytes()),
             (TRIED_HEADER, tried_list.as_bytes()),
         ];
-        match host::send_response(
+        if send_own_reply(
+            j,
             r.status,
             &headers,
             r.body.as_bytes(),
             "llm_failover_all_vendors_unavailable",
         ) {
-            Ok(()) => {
-                jb.stage = Stage::Answered;
-                metrics::add(self.stats.rescues_failed, 1);
-            }
-            Err(e) => log::warn!("cannot send the no-vendor-left reply (host status {})", e.0),
+            metrics::add(self.stats.rescues_failed, 1);
         }
     }
 
@@ -432,9 +425,27 @@ impl Plugin {
         }
         for j in stuck {
             let ctx = j.borrow().ctx;
-            if host::set_effective_context(ctx).is_ok() && host::resume_request().is_ok() {
-                j.borrow_mut().stage = Stage::Routed;
+            // Passed first: resuming may deliver the body at once.
+            j.borrow_mut().stage = Stage::Passed;
+            if host::set_effective_context(ctx).is_ok() {
+                let _ = host::resume_request();
             }
+        }
+    }
+}
+
+/// Sends the filter's own answer for a journey. The answer passes through
+/// this stream's own response callbacks at once, which must let it by: the
+/// journey says `Replying`, and no borrow is held across the call.
+pub fn send_own_reply(j: &JourneyRef, status: u32, headers: &[(&str, &[u8])], body: &[u8], details: &str) -> bool {
+    // Envoy may pass the answer through the encoders now or once the current
+    // callback returns: the stage stays `Replying` from here on.
+    j.borrow_mut().stage = Stage::Replying;
+    match host::send_response(status, headers, body, details) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("cannot send the filter's answer (host status {})", e.0);
+            false
         }
     }
 }

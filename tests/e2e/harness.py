@@ -73,6 +73,7 @@ def envoy_config(
     failure_policy: str = "FAIL_CLOSED",
     stream_idle_timeout: str = "30s",
     route_idle_timeout: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict:
     """Listener -> [drop client routing header] -> llm-failover -> router,
     one STATIC cluster per vendor. Mirrors envoy/envoy.yaml."""
@@ -113,6 +114,8 @@ def envoy_config(
                             "vm_id": "llm_failover",
                             "runtime": "envoy.wasm.runtime.v8",
                             "code": {"local": {"filename": str(wasm)}},
+                            # Vendor API keys reach the filter as environment variables.
+                            "environment_variables": {"key_values": env or {}},
                         },
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",

@@ -142,7 +142,10 @@ def normalize_fault(fault: Mapping[str, Any] | None) -> dict[str, Any]:
     ``events``    how many stream events go out before a stream fault hits
                   (default: up to and including the first text delta).
     ``message``, ``error_type``  override the in-stream error of ``stream_error``.
+    ``model``     break only requests for this model (the request body's
+                  ``model``); requests for other models are served normally.
     """
+
     if fault is None:
         fault = {}
     if not isinstance(fault, Mapping):
@@ -532,7 +535,13 @@ class _Vendor:
             self.records.append(record)
             self.total += 1
             fault = self.fault
+            # A fault may name the one model it breaks; other models are served.
+            body = record.get("body")
+            asked = body.get("model") if isinstance(body, dict) else None
+            if fault.get("model") is not None and fault["model"] != asked:
+                return {"mode": "ok"}, self.release
             if self.remaining is not None:
+
                 self.remaining -= 1
                 if self.remaining <= 0:
                     # Back to healthy, without waking requests still in the
@@ -724,7 +733,9 @@ class _VendorHandler(http.server.BaseHTTPRequestHandler):
     def _serve(self, fault: dict[str, Any], release: threading.Event, body: Any) -> None:
         mode = fault["mode"]
         path = self.path.split("?", 1)[0]
-        fmt = "anthropic" if path == ANTHROPIC_PATH else "openai"
+        # Vendors serve these APIs under prefixes of their own
+        # (/openai/v1/chat/completions): the ending decides.
+        fmt = "anthropic" if path.endswith(ANTHROPIC_PATH) else "openai"
         self._pause(release, fault.get("latency"))
 
         if mode == "reset":
@@ -741,7 +752,8 @@ class _VendorHandler(http.server.BaseHTTPRequestHandler):
             self._send_error(fmt, fault["status"], fault)
             return
 
-        if self.command != "POST" or path not in (OPENAI_PATH, ANTHROPIC_PATH):
+        if self.command != "POST" or not path.endswith((OPENAI_PATH, ANTHROPIC_PATH)):
+
             self._send_error("openai", 404, message=f"Unknown request URL: {self.command} {path}")
             return
         if not isinstance(body, dict):
