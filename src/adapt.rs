@@ -10,13 +10,27 @@ pub struct Request {
     pub stream: bool,
 }
 
+/// The two fields routing reads; serde skips every other one without
+/// building it (this runs on every request body).
+#[derive(serde::Deserialize)]
+struct Peek {
+    #[serde(default)]
+    model: Option<serde_json::Value>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
+}
+
 /// Reads a JSON request body; `None` if it is not a JSON object.
 pub fn read_request(body: &[u8]) -> Option<Request> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = value.as_object()?;
+    // A derived struct would also accept a JSON array.
+    if body.get(skip_ws(body, 0)) != Some(&b'{') {
+        return None;
+    }
+    let peek: Peek = serde_json::from_slice(body).ok()?;
+
     Some(Request {
-        model: obj.get("model").and_then(|m| m.as_str()).map(str::to_string),
-        stream: obj.get("stream").and_then(|s| s.as_bool()).unwrap_or(false),
+        model: peek.model.as_ref().and_then(|m| m.as_str()).map(str::to_string),
+        stream: peek.stream.and_then(|s| s.as_bool()).unwrap_or(false),
     })
 }
 

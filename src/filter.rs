@@ -381,7 +381,9 @@ impl Plugin {
 
     /// Routes a request by its headers only (no body read): health by
     /// vendor, path, authority and credentials adapted to the vendor.
-    fn route_at_headers(&self, format: Option<Format>, j: &Journey) -> Option<Routed> {
+    /// With `only_cluster`, just the routing header is set (the request is
+    /// held for its body, and adapted once the model is known).
+    fn route_at_headers(&self, format: Option<Format>, j: &Journey, only_cluster: bool) -> Option<Routed> {
         let cands = plan::plan(&self.config, format, None).map(|p| p.into_iter().map(|x| x.cand).collect::<Vec<_>>());
         let cands = cands.unwrap_or_else(|_| choice::default_cands(&self.config));
         let choice = {
@@ -414,10 +416,14 @@ impl Plugin {
                     metrics::add(self.stats.all_down, 1);
                 }
                 let v = self.config.vendors.get(vendor)?;
-                let planned = plan::plan(&self.config, format, None)
-                    .ok()
-                    .and_then(|p| p.into_iter().find(|x| x.cand.unit == unit));
-                self.adapt_headers(v, planned.as_ref(), format, j);
+                if only_cluster {
+                    let _ = host::set_header(REQUEST_HEADERS, &self.config.cluster_header, v.cluster.as_bytes());
+                } else {
+                    let planned = plan::plan(&self.config, format, None)
+                        .ok()
+                        .and_then(|p| p.into_iter().find(|x| x.cand.unit == unit));
+                    self.adapt_headers(v, planned.as_ref(), format, j);
+                }
                 Some(Routed {
                     unit,
                     vendor,
@@ -836,7 +842,7 @@ impl HttpContext for Stream {
             metrics::add(p.stats.body_too_large, 1);
         }
         let holds = format.is_some() && !end_of_stream && !too_large && p.reads_bodies && !p.no_body_access.get();
-        let journey = Journey {
+        let mut journey = Journey {
             ctx: self.ctx,
             stage: Stage::Buffering { since_ms: now_ms },
             format,
@@ -844,15 +850,17 @@ impl HttpContext for Stream {
             headers,
             body: Vec::new(),
             first_token_deadline: None,
+            at_headers: None,
             peek: None,
             peek_fed: 0,
         };
         // Route by the headers first: if the body never comes (Envoy without
         // allow_on_headers_stop_iteration), the request is still routable.
-        let Some(routed) = p.route_at_headers(format, &journey) else {
+        let Some(routed) = p.route_at_headers(format, &journey, holds) else {
             return Action::Pause; // answered already
         };
         self.routed = Some(routed);
+        journey.at_headers = Some((routed.unit, routed.vendor));
         if !holds {
             return Action::Continue;
         }

@@ -70,6 +70,8 @@ pub struct Journey {
     pub body: Vec<u8>,
     /// When a streamed answer must have shown its first event.
     pub first_token_deadline: Option<u64>,
+    /// The unit and vendor the request was routed to at its headers.
+    pub at_headers: Option<(usize, usize)>,
     /// Reads a held stream's first event.
     pub peek: Option<Scanner>,
     pub peek_fed: usize,
@@ -93,23 +95,21 @@ impl Plugin {
             }
         };
         set(&self.config.cluster_header, vendor.cluster.as_bytes());
-        let path = planned
-            .and_then(|p| p.path.as_deref())
-            .map(str::as_bytes)
-            .or_else(|| j.header(":path"));
-        if let Some(path) = path {
-            set(":path", path);
+        // Only what differs from what the client sent costs a host call.
+        if let Some(path) = planned.and_then(|p| p.path.as_deref()) {
+            if j.header(":path") != Some(path.as_bytes()) {
+                set(":path", path.as_bytes());
+            }
         }
-        if let Some(host_name) = vendor
-            .host
-            .as_deref()
-            .map(str::as_bytes)
-            .or_else(|| j.header(":authority"))
-        {
-            set(":authority", host_name);
+        if let Some(host_name) = vendor.host.as_deref() {
+            if j.header(":authority") != Some(host_name.as_bytes()) {
+                set(":authority", host_name.as_bytes());
+            }
         }
         for name in CREDENTIAL_HEADERS {
-            let _ = host::remove_header(REQUEST_HEADERS, name);
+            if j.header(name).is_some() {
+                let _ = host::remove_header(REQUEST_HEADERS, name);
+            }
         }
         for (name, value) in vendor_credentials(vendor, format, j) {
             set(name, value.as_bytes());
@@ -428,6 +428,18 @@ impl Plugin {
             // Passed first: resuming may deliver the body at once.
             j.borrow_mut().stage = Stage::Passed;
             if host::set_effective_context(ctx).is_ok() {
+                let (format, at) = {
+                    let jb = j.borrow();
+                    (jb.format, jb.at_headers)
+                };
+                if let Some((unit, vendor)) = at {
+                    let planned = crate::plan::plan(&self.config, format, None)
+                        .ok()
+                        .and_then(|p| p.into_iter().find(|x| x.cand.unit == unit));
+                    if let Some(v) = self.config.vendors.get(vendor) {
+                        self.adapt_headers(v, planned.as_ref(), format, &j.borrow());
+                    }
+                }
                 let _ = host::resume_request();
             }
         }
