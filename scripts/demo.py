@@ -96,8 +96,11 @@ Watch traffic move, in another terminal (one line per request):
   make watch
 
 Break a vendor, then heal it:
-  make break VENDOR=anthropic FAULT=529     # or 503, 500, refuse, reset, hang
+  make break VENDOR=anthropic FAULT=529     # or 503, 500, 429, refuse, reset, hang
   make heal VENDOR=anthropic
+  (the first requests that hit the broken vendor are rescued by openai in the same
+   request: x-llm-failover-tried: anthropic,openai; after 5 failures in a row
+   anthropic is ejected and requests go straight to openai, until it heals)
   (the fault API is also plain HTTP: curl -X POST localhost:{CONTROL}/vendors/anthropic/fault -d '{{"mode":"status","status":503}}')
 
 Stats and state changes:

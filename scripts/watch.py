@@ -22,14 +22,15 @@ def main() -> None:
             r = conn.getresponse()
             r.read()
             vendor = r.getheader("x-llm-failover-vendor", "-")
-            line = f"{r.status} {vendor}"
+            tried = r.getheader("x-llm-failover-tried")
+            line = f"{r.status} {vendor}" + (f" (rescued; tried {tried})" if tried else "")
         except (OSError, http.client.HTTPException) as e:
             conn.close()
             conn = http.client.HTTPConnection(URL_HOST, URL_PORT, timeout=30)
             line = f"error {type(e).__name__}"
         took = (time.time() - started) * 1000
         marker = "" if line == last else "   <- changed"
-        print(f"{time.strftime('%H:%M:%S')}  {line:<20} {took:6.0f} ms{marker}", flush=True)
+        print(f"{time.strftime('%H:%M:%S')}  {line:<44} {took:6.0f} ms{marker}", flush=True)
         last = line
         time.sleep(max(0.0, 0.2 - (time.time() - started)))
 

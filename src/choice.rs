@@ -132,12 +132,14 @@ pub fn choose<S: Store + ?Sized>(
     worker: &mut Worker,
 ) -> Choice {
     let cands = default_cands(config);
-    choose_from(&cands, config.all_down, rules, keys, store, clock, worker, &[])
+    choose_from(&cands, config.all_down, rules, keys, store, clock, worker, &[], true)
 }
 
 /// Picks the best candidate that may take a request now, skipping the
 /// units in `tried`. `keys[u]` is unit u's store key; `clock` reads the
-/// time in ms.
+/// time in ms. Without `claim_probes`, half-open units are passed over
+/// rather than given one of their probe slots (for a provisional choice
+/// that may be made again: a slot taken twice for one request is lost).
 #[allow(clippy::too_many_arguments)]
 pub fn choose_from<S: Store + ?Sized>(
     cands: &[Cand],
@@ -148,6 +150,7 @@ pub fn choose_from<S: Store + ?Sized>(
     clock: &mut dyn FnMut() -> u64,
     worker: &mut Worker,
     tried: &[usize],
+    claim_probes: bool,
 ) -> Choice {
     let mut clock = LazyClock { read: clock, now: None };
     let open: Vec<&Cand> = cands.iter().filter(|c| !tried.contains(&c.unit)).collect();
@@ -243,6 +246,14 @@ pub fn choose_from<S: Store + ?Sized>(
                         forced: false,
                         transition: None,
                     }
+                }
+                Candidate::Probe if !claim_probes => {
+                    due.push(Due {
+                        unit: c.unit,
+                        vendor: c.vendor,
+                        due_ms: clock.now(),
+                    });
+                    candidates.remove(pick);
                 }
                 Candidate::Probe => {
                     let now = clock.now();
@@ -455,6 +466,40 @@ mod tests {
             ["anthropic", "anthropic", "anthropic", "openai", "openai", "openai"]
         );
         assert_eq!(transitions, 1, "exactly one request reports open -> half-open");
+    }
+
+    #[test]
+    fn a_provisional_choice_takes_no_probe_slot() {
+        let w = World::new(THREE);
+        w.eject(0, 10_000);
+        let mut worker = w.worker();
+        let cands = default_cands(&w.config);
+        for _ in 0..5 {
+            let c = choose_from(
+                &cands,
+                AllDown::Soonest,
+                &w.rules,
+                &w.keys,
+                &w.store,
+                &mut || 10_000,
+                &mut worker,
+                &[],
+                false,
+            );
+            assert_eq!(w.name(&c), "openai");
+        }
+        // All three slots are still there for the real choices.
+        let mut probes = 0;
+        for _ in 0..5 {
+            if let Choice::Route {
+                ticket: Some(Ticket { probe: true, .. }),
+                ..
+            } = w.choose(10_000, &mut worker)
+            {
+                probes += 1;
+            }
+        }
+        assert_eq!(probes, 3);
     }
 
     #[test]

@@ -399,6 +399,8 @@ impl Plugin {
                 &mut clock,
                 &mut worker,
                 &[],
+                // A request held for its body is chosen for again then.
+                !only_cluster,
             )
         };
         match choice {
@@ -750,6 +752,7 @@ impl Stream {
                 &mut clock,
                 &mut worker,
                 &[],
+                true,
             )
         };
         match choice {

@@ -175,6 +175,7 @@ impl Plugin {
                     &mut clock,
                     &mut worker,
                     &tried,
+                    true,
                 )
             };
             let Choice::Route {

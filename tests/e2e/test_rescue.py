@@ -288,6 +288,21 @@ def test_one_failing_model_leaves_the_vendors_other_model_in_use(vendors, gatewa
     assert any("anthropic/claude-opus-4-1: closed -> open" in c for c in envoy.state_changes())
 
 
+def test_a_healed_primary_comes_back_while_requests_are_held_for_their_body(vendors, gateway):
+    """Regression: the choice made at a held request's headers is provisional
+    and must not take one of the half-open vendor's probe slots."""
+    envoy = gateway()
+    vendors.set_fault("anthropic", mode="status", status=503)
+    for _ in range(5):
+        assert chat(envoy)[2][VENDOR_HEADER] == "openai"  # rescued
+    vendors.heal("anthropic")
+    time.sleep(1.1)  # the first ejection lasts 1 s
+    served = [chat(envoy)[2][VENDOR_HEADER] for _ in range(6)]
+    assert served == ["anthropic"] * 6, served
+    changes = envoy.state_changes()
+    assert any("anthropic/claude-sonnet-4-5: half-open -> closed (3 of 3 probes succeeded)" in c for c in changes), changes
+
+
 # Nothing left to serve -----------------------------------------------------------
 
 
