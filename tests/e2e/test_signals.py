@@ -208,8 +208,9 @@ def test_a_stream_stalled_past_envoys_idle_timeout_is_cut_and_counted(vendors, m
     envoy = make_envoy(envoy={"route_idle_timeout": "1s"})
     vendors.set_fault("anthropic", mode="stall", delay=5, count=1)
     started = time.time()
-    with pytest.raises((openai.APIError, openai.APIConnectionError)):
+    with pytest.raises((openai.APIError, openai.APIConnectionError)) as raised:
         ask_openai(envoy, stream=True)
+    print(f"\nstalled stream: the SDK raised {type(raised.value).__module__}.{type(raised.value).__name__}")
     assert time.time() - started < 4, "Envoy's idle timeout cut the silent stream"
     wait_for(lambda: stat(envoy, "anthropic", "failures_by_reason.stalled") == 1, timeout=3)
     vendors.heal("anthropic")
