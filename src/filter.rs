@@ -210,6 +210,49 @@ impl Plugin {
         self.write(unit, now_ms, |st| st.record(now_ms, verdict, ticket, &self.rules));
     }
 
+    /// Chooses among `cands` (see `choice::choose_from`) and notes what the
+    /// choice changed: an ejection that ran out, a request forced onto an
+    /// ejected vendor.
+    pub(crate) fn pick(
+        &self,
+        cands: &[choice::Cand],
+        all_down: crate::config::AllDown,
+        clock: &mut dyn FnMut() -> u64,
+        tried: &[usize],
+        claim_probes: bool,
+    ) -> Choice {
+        let choice = {
+            let mut worker = self.worker.borrow_mut();
+            choice::choose_from(
+                cands,
+                all_down,
+                &self.rules,
+                &self.keys,
+                &SharedData,
+                clock,
+                &mut worker,
+                tried,
+                claim_probes,
+            )
+        };
+        if let Choice::Route {
+            unit,
+            forced,
+            transition,
+            ..
+        } = &choice
+        {
+            if let Some(t) = transition {
+                self.announce(*unit, t);
+            }
+            // A provisional choice is made again: count the final one only.
+            if *forced && claim_probes {
+                metrics::add(self.stats.all_down, 1);
+            }
+        }
+        choice
+    }
+
     /// Reads the clock, and remembers the reading.
     pub(crate) fn now(&self) -> u64 {
         let t = host::now_ms();
@@ -386,37 +429,17 @@ impl Plugin {
     fn route_at_headers(&self, format: Option<Format>, j: &Journey, only_cluster: bool) -> Option<Routed> {
         let cands = plan::plan(&self.config, format, None).map(|p| p.into_iter().map(|x| x.cand).collect::<Vec<_>>());
         let cands = cands.unwrap_or_else(|_| choice::default_cands(&self.config));
-        let choice = {
-            let mut worker = self.worker.borrow_mut();
-            let start = j.flight.deadline_ms.saturating_sub(self.config.rescue.deadline_ms);
-            let mut clock = || start;
-            choice::choose_from(
-                &cands,
-                self.config.all_down,
-                &self.rules,
-                &self.keys,
-                &SharedData,
-                &mut clock,
-                &mut worker,
-                &[],
-                // A request held for its body is chosen for again then.
-                !only_cluster,
-            )
-        };
+        let start = j.flight.deadline_ms.saturating_sub(self.config.rescue.deadline_ms);
+        // A request held for its body is chosen for again then: no probe slot now.
+        let choice = self.pick(&cands, self.config.all_down, &mut || start, &[], !only_cluster);
         match choice {
             Choice::Route {
                 unit,
                 vendor,
                 ticket,
                 forced,
-                transition,
+                ..
             } => {
-                if let Some(t) = &transition {
-                    self.announce(unit, t);
-                }
-                if forced {
-                    metrics::add(self.stats.all_down, 1);
-                }
                 let v = self.config.vendors.get(vendor)?;
                 if only_cluster {
                     let _ = host::set_header(REQUEST_HEADERS, &self.config.cluster_header, v.cluster.as_bytes());
@@ -740,35 +763,15 @@ impl Stream {
             jb.body = body;
         }
         let cands: Vec<_> = j.borrow().flight.plan.iter().map(|x| x.cand).collect();
-        let choice = {
-            let mut worker = p.worker.borrow_mut();
-            let mut clock = || p.now();
-            choice::choose_from(
-                &cands,
-                p.config.all_down,
-                &p.rules,
-                &p.keys,
-                &SharedData,
-                &mut clock,
-                &mut worker,
-                &[],
-                true,
-            )
-        };
+        let choice = p.pick(&cands, p.config.all_down, &mut || p.now(), &[], true);
         match choice {
             Choice::Route {
                 unit,
                 vendor,
                 ticket,
                 forced,
-                transition,
+                ..
             } => {
-                if let Some(t) = &transition {
-                    p.announce(unit, t);
-                }
-                if forced {
-                    metrics::add(p.stats.all_down, 1);
-                }
                 let planned = j.borrow_mut().flight.start(unit, vendor, ticket).cloned();
                 if let Some(v) = p.config.vendors.get(vendor) {
                     p.adapt_headers(v, planned.as_ref(), format, &j.borrow());

@@ -163,27 +163,9 @@ impl Plugin {
             }
             let cands = jb.flight.next_cands(why);
             let tried = jb.flight.tried_units();
-            let choice = {
-                let mut worker = self.worker.borrow_mut();
-                let mut clock = || now_ms;
-                choice::choose_from(
-                    &cands,
-                    AllDown::Reject,
-                    &self.rules,
-                    &self.keys,
-                    &SharedData,
-                    &mut clock,
-                    &mut worker,
-                    &tried,
-                    true,
-                )
-            };
+            let choice = self.pick(&cands, AllDown::Reject, &mut || now_ms, &tried, true);
             let Choice::Route {
-                unit,
-                vendor,
-                ticket,
-                transition,
-                ..
+                unit, vendor, ticket, ..
             } = choice
             else {
                 // Every candidate left is ejected or busy probing.
@@ -191,9 +173,6 @@ impl Plugin {
                 self.give_up(j, now_ms);
                 return;
             };
-            if let Some(t) = &transition {
-                self.announce(unit, t);
-            }
             let Some(planned) = jb.flight.start(unit, vendor, ticket).cloned() else {
                 continue;
             };
