@@ -1012,8 +1012,12 @@ impl HttpContext for Stream {
         };
         let stage = self.stage();
         if let Some(j) = self.journey.take() {
-            p.journeys.borrow_mut().remove(&j.borrow().ctx);
+            let ctx = j.borrow().ctx;
+            p.journeys.borrow_mut().remove(&ctx);
+            // A rescue still in flight for a client that went away.
+            p.callouts.borrow_mut().retain(|_, c| *c != ctx);
         }
+
         // A rescued or refused request recorded its attempts as they ended.
         if matches!(stage, Some(Stage::Rescuing | Stage::Replying)) {
             return;
