@@ -411,8 +411,7 @@ fn unit_for(units: &mut Vec<Unit>, vendor: usize, model: Option<&String>) -> usi
     units.len() - 1
 }
 
-fn model_name(f: &Fields, key: &'static str, value: &Value, path: &str) -> Result<String, ConfigError> {
-    let _ = (f, key);
+fn model_name(value: &Value, path: &str) -> Result<String, ConfigError> {
     match value.as_str() {
         Some(m) if !m.is_empty() && m.len() <= 256 && !m.chars().any(char::is_control) => Ok(m.to_string()),
         _ => err(
@@ -436,9 +435,9 @@ fn parse_groups(root: &Fields, vendors: &[Vendor], units: &mut Vec<Unit>) -> Res
             Some(Value::Array(ms)) if !ms.is_empty() => ms
                 .iter()
                 .enumerate()
-                .map(|(j, m)| model_name(&f, "models", m, &format!("{path}.models[{j}]")))
+                .map(|(j, m)| model_name(m, &format!("{path}.models[{j}]")))
                 .collect::<Result<Vec<_>, _>>()?,
-            Some(Value::String(m)) => vec![model_name(&f, "models", &Value::String(m.clone()), &f.path("models"))?],
+            Some(one @ Value::String(_)) => vec![model_name(one, &f.path("models"))?],
             _ => {
                 return err(
                     &f.path("models"),
@@ -478,7 +477,7 @@ fn parse_groups(root: &Fields, vendors: &[Vendor], units: &mut Vec<Unit>) -> Res
             };
             let model = match tf.get("model") {
                 None => None,
-                Some(v) => Some(model_name(&tf, "model", v, &tf.path("model"))?),
+                Some(v) => Some(model_name(v, &tf.path("model"))?),
             };
             let context_window = match tf.get("context_window") {
                 None => None,
@@ -639,8 +638,8 @@ fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>) -> Result<
                 let mut list = Vec::with_capacity(map.len());
                 for (requested, to) in map {
                     let mpath = format!("{}.{requested}", f.path("models"));
-                    model_name(&f, "models", &Value::String(requested.clone()), &mpath)?;
-                    list.push((requested.clone(), model_name(&f, "models", to, &mpath)?));
+                    model_name(&Value::String(requested.clone()), &mpath)?;
+                    list.push((requested.clone(), model_name(to, &mpath)?));
                 }
                 Some(list)
             }

@@ -361,7 +361,6 @@ impl Plugin {
     /// other workers when the change matters for routing: a phase change, the
     /// vendor's first failure, or a reset of unusable state.
     fn write(&self, unit: usize, now_ms: u64, step: impl Fn(&mut VendorState) -> Option<Transition>) {
-        let vendor = unit;
         let Some(key) = self.keys.get(unit) else {
             return;
         };
@@ -389,21 +388,21 @@ impl Plugin {
                     || done.state.cooldown_until_ms > cooldown_before;
 
                 if let Some(why) = done.reset {
-                    self.note_reset(vendor, &why);
+                    self.note_reset(unit, &why);
                 }
                 if let Some(t) = &transition {
-                    self.announce(vendor, t);
+                    self.announce(unit, t);
                 }
-                self.worker.borrow_mut().view.put(vendor, done.state, now_ms);
+                self.worker.borrow_mut().view.put(unit, done.state, now_ms);
                 if matters {
-                    self.notify(vendor);
+                    self.notify(unit);
                 }
             }
             Err(e) => {
-                if let Some(b) = self.batches.borrow_mut().get_mut(vendor) {
+                if let Some(b) = self.batches.borrow_mut().get_mut(unit) {
                     b.restore(batched);
                 }
-                self.note_store_error(vendor, &e);
+                self.note_store_error(unit, &e);
             }
         }
     }
@@ -426,12 +425,22 @@ impl Plugin {
     /// vendor, path, authority and credentials adapted to the vendor.
     /// With `only_cluster`, just the routing header is set (the request is
     /// held for its body, and adapted once the model is known).
-    fn route_at_headers(&self, format: Option<Format>, j: &Journey, only_cluster: bool) -> Option<Routed> {
-        let cands = plan::plan(&self.config, format, None).map(|p| p.into_iter().map(|x| x.cand).collect::<Vec<_>>());
-        let cands = cands.unwrap_or_else(|_| choice::default_cands(&self.config));
-        let start = j.flight.deadline_ms.saturating_sub(self.config.rescue.deadline_ms);
+    /// Returns where it went, and the plan entry that chose it.
+    fn route_at_headers(
+        &self,
+        format: Option<Format>,
+        j: &Journey,
+        now_ms: u64,
+        only_cluster: bool,
+    ) -> Option<(Routed, Option<plan::Planned>)> {
+        let planned = plan::plan(&self.config, format, None).unwrap_or_default();
+        let cands: Vec<choice::Cand> = if planned.is_empty() {
+            choice::default_cands(&self.config)
+        } else {
+            planned.iter().map(|x| x.cand).collect()
+        };
         // A request held for its body is chosen for again then: no probe slot now.
-        let choice = self.pick(&cands, self.config.all_down, &mut || start, &[], !only_cluster);
+        let choice = self.pick(&cands, self.config.all_down, &mut || now_ms, &[], !only_cluster);
         match choice {
             Choice::Route {
                 unit,
@@ -441,20 +450,19 @@ impl Plugin {
                 ..
             } => {
                 let v = self.config.vendors.get(vendor)?;
+                let planned = planned.into_iter().find(|x| x.cand.unit == unit);
                 if only_cluster {
                     let _ = host::set_header(REQUEST_HEADERS, &self.config.cluster_header, v.cluster.as_bytes());
                 } else {
-                    let planned = plan::plan(&self.config, format, None)
-                        .ok()
-                        .and_then(|p| p.into_iter().find(|x| x.cand.unit == unit));
                     self.adapt_headers(v, planned.as_ref(), format, j);
                 }
-                Some(Routed {
+                let routed = Routed {
                     unit,
                     vendor,
                     ticket,
                     forced,
-                })
+                };
+                Some((routed, planned))
             }
             Choice::Reject { due, now_ms } => {
                 self.reject(format, &due, now_ms, None);
@@ -490,22 +498,21 @@ impl Plugin {
     /// Re-reads every vendor's shared state into this worker's copy and the gauges.
     fn refresh(&self, now_ms: u64) {
         for (unit, key) in self.keys.iter().enumerate() {
-            let vendor = unit;
             match store::load(&SharedData, key, self.rules.window) {
                 Ok(Loaded { state, reset, .. }) => {
-                    let gauged = unit < self.config.vendors.len();
-                    if let (None, Some(s), true) = (reset, self.vendor_stats.get(vendor), gauged) {
+                    // Gauges exist for whole vendors only (the first units).
+                    if let (None, Some(s)) = (reset, self.vendor_stats.get(unit)) {
                         let totals = state.window.totals(now_ms);
                         metrics::set(s.state, state.effective_kind(now_ms).gauge());
                         metrics::set(s.window_requests, totals.requests());
                         metrics::set(s.window_failures, totals.failures);
                         metrics::set(s.window_slow, totals.slow);
                     }
-                    self.worker.borrow_mut().view.put(vendor, state, now_ms);
+                    self.worker.borrow_mut().view.put(unit, state, now_ms);
                 }
                 Err(e) => {
-                    self.worker.borrow_mut().view.forget(vendor);
-                    self.note_store_error(vendor, &e);
+                    self.worker.borrow_mut().view.forget(unit);
+                    self.note_store_error(unit, &e);
                 }
             }
         }
@@ -726,6 +733,17 @@ impl Stream {
         self.journey.as_ref().map(|j| j.borrow().stage)
     }
 
+    /// While the filter answers the client itself, the response callbacks
+    /// stay out of the way: its own answer goes by, the router's is held
+    /// (and dropped once the filter's answer is sent).
+    fn filter_answers(&self) -> Option<Action> {
+        match self.stage()? {
+            Stage::Replying => Some(Action::Continue),
+            Stage::Rescuing => Some(Action::Pause),
+            _ => None,
+        }
+    }
+
     fn set_stage(&self, stage: Stage) {
         if let Some(j) = &self.journey {
             j.borrow_mut().stage = stage;
@@ -862,11 +880,11 @@ impl HttpContext for Stream {
         };
         // Route by the headers first: if the body never comes (Envoy without
         // allow_on_headers_stop_iteration), the request is still routable.
-        let Some(routed) = p.route_at_headers(format, &journey, holds) else {
+        let Some((routed, planned)) = p.route_at_headers(format, &journey, now_ms, holds) else {
             return Action::Pause; // answered already
         };
         self.routed = Some(routed);
-        journey.at_headers = Some((routed.unit, routed.vendor));
+        journey.at_headers = Some((routed.vendor, planned));
         if !holds {
             return Action::Continue;
         }
@@ -901,12 +919,8 @@ impl HttpContext for Stream {
         let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
             return Action::Continue;
         };
-        match self.stage() {
-            // The filter's own answer: let it by.
-            Some(Stage::Replying) => return Action::Continue,
-            // Being rescued: the router's answer is held, then dropped.
-            Some(Stage::Rescuing) => return Action::Pause,
-            _ => {}
+        if let Some(action) = self.filter_answers() {
+            return action;
         }
         // One host call for every header: the status, and what decides how
         // the answer is read.
@@ -919,9 +933,11 @@ impl HttpContext for Stream {
             self.retry_after_ms = ratelimit::retry_after_ms(&pairs, p.now());
         }
         if self.stage() == Some(Stage::Routed) {
-            let now_ms = p.now();
             let j = self.journey.clone();
-            let may = |why| j.as_ref().is_some_and(|j| j.borrow().flight.may_move(why, now_ms));
+            // Read the clock only for an answer that may be held back.
+            let now = std::cell::OnceCell::new();
+            let now_ms = || *now.get_or_init(|| p.now());
+            let may = |why| j.as_ref().is_some_and(|j| j.borrow().flight.may_move(why, now_ms()));
             // Before anything reached the client: is this answer a failure
             // that another vendor should make good?
             let judged = match self.status {
@@ -939,7 +955,7 @@ impl HttpContext for Stream {
             };
             if let Some(outcome) = judged {
                 if rescue::moves(&outcome).is_some() && may(Move::Failure) {
-                    return self.start_rescue(&p, outcome, Move::Failure, None, now_ms);
+                    return self.start_rescue(&p, outcome, Move::Failure, None, now_ms());
                 }
                 if self.status == Some(400) && !end_of_stream && may(Move::ContextOverflow) {
                     self.set_stage(Stage::Inspecting);
@@ -980,9 +996,10 @@ impl HttpContext for Stream {
         let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
             return Action::Continue;
         };
+        if let Some(action) = self.filter_answers() {
+            return action;
+        }
         match self.stage() {
-            Some(Stage::Replying) => return Action::Continue,
-            Some(Stage::Rescuing) => return Action::Pause,
             Some(Stage::Inspecting) => {
                 if !end_of_stream {
                     return Action::Pause;
@@ -1097,7 +1114,7 @@ impl Stream {
             let mut jb = j.borrow_mut();
             let fed = jb.peek_fed.min(bytes.len());
             jb.peek_fed = bytes.len();
-            let dialect = jb_format_dialect(jb.format);
+            let dialect = jb.format.map(sse::dialect_of);
             let Some(sc) = jb.peek.as_mut() else {
                 return Action::Continue;
             };
@@ -1192,13 +1209,5 @@ impl Stream {
         }
         self.ending = Some(ending);
         Action::Continue
-    }
-}
-
-/// The stream dialect of a client API format.
-fn jb_format_dialect(format: Option<Format>) -> Option<&'static sse::Dialect> {
-    match format? {
-        Format::OpenAi => Some(&sse::OPENAI),
-        Format::Anthropic => Some(&sse::ANTHROPIC),
     }
 }

@@ -377,11 +377,7 @@ impl VendorState {
                 match verdict {
                     Verdict::Neutral | Verdict::RateLimited { .. } => {
                         // The probe said nothing: give its slot back.
-                        self.phase = Phase::HalfOpen {
-                            taken: taken.saturating_sub(1).max(successes),
-                            successes,
-                            last_probe_ms,
-                        };
+                        self.release_probe();
                         None
                     }
                     // Still too slow is not recovered.

@@ -70,8 +70,8 @@ pub struct Journey {
     pub body: Vec<u8>,
     /// When a streamed answer must have shown its first event.
     pub first_token_deadline: Option<u64>,
-    /// The unit and vendor the request was routed to at its headers.
-    pub at_headers: Option<(usize, usize)>,
+    /// The vendor the request was routed to at its headers, and how.
+    pub at_headers: Option<(usize, Option<Planned>)>,
     /// Reads a held stream's first event.
     pub peek: Option<Scanner>,
     pub peek_fed: usize,
@@ -219,6 +219,16 @@ impl Plugin {
         let body = host::callout_body(body_size).ok().flatten().unwrap_or_default();
         let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
         let status: Option<u16> = get(":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        let sse_answer = get("content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream"));
+        let stream = (sse_answer && status.is_some_and(|s| s < 300)).then(|| {
+            let mut sc = Scanner::with_dialect(j.borrow().format.map(sse::dialect_of));
+            sc.feed(&body);
+            sc.finish()
+        });
+        let kind = match &stream {
+            Some(Ending::Error(e)) => Some(e.kind.clone()),
+            _ => None,
+        };
         let outcome = match status {
             // No answer at all: the callout timed out, or the connection failed.
             None => {
@@ -226,15 +236,6 @@ impl Plugin {
                 Outcome::Failure(if late { Reason::Timeout } else { Reason::Reset })
             }
             Some(s) => {
-                let stream = (get("content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream")) && s < 300)
-                    .then(|| {
-                        let mut sc = Scanner::with_dialect(j.borrow().format.map(|f| match f {
-                            Format::OpenAi => &sse::OPENAI,
-                            Format::Anthropic => &sse::ANTHROPIC,
-                        }));
-                        sc.feed(&body);
-                        sc.finish()
-                    });
                 let retry_after_ms = (s == 429).then(|| {
                     let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
                     ratelimit::retry_after_ms(&pairs, now_ms)
@@ -253,7 +254,6 @@ impl Plugin {
             Some(a) => (a.unit, a.vendor, a.ticket),
             None => return,
         };
-        let kind = stream_error_kind(&outcome, &body, &headers);
         self.record_attempt(unit, vendor, ticket, false, outcome, kind.as_deref(), now_ms);
         let why = rescue::moves(&outcome).or(overflow.then_some(Move::ContextOverflow));
         match why {
@@ -408,18 +408,13 @@ impl Plugin {
             // Passed first: resuming may deliver the body at once.
             j.borrow_mut().stage = Stage::Passed;
             if host::set_effective_context(ctx).is_ok() {
-                let (format, at) = {
-                    let jb = j.borrow();
-                    (jb.format, jb.at_headers)
-                };
-                if let Some((unit, vendor)) = at {
-                    let planned = crate::plan::plan(&self.config, format, None)
-                        .ok()
-                        .and_then(|p| p.into_iter().find(|x| x.cand.unit == unit));
-                    if let Some(v) = self.config.vendors.get(vendor) {
-                        self.adapt_headers(v, planned.as_ref(), format, &j.borrow());
+                let jb = j.borrow();
+                if let Some((vendor, planned)) = &jb.at_headers {
+                    if let Some(v) = self.config.vendors.get(*vendor) {
+                        self.adapt_headers(v, planned.as_ref(), jb.format, &jb);
                     }
                 }
+                drop(jb);
                 let _ = host::resume_request();
             }
         }
@@ -458,23 +453,4 @@ fn vendor_credentials(vendor: &Vendor, format: Option<Format>, j: &Journey) -> V
         out.push(("anthropic-version", ANTHROPIC_VERSION.to_string()));
     }
     out
-}
-
-/// For an in-stream error, the vendor's type for it.
-fn stream_error_kind(outcome: &Outcome, body: &[u8], headers: &[(String, Vec<u8>)]) -> Option<String> {
-    if *outcome != Outcome::Failure(Reason::StreamError) {
-        return None;
-    }
-    let sse = headers
-        .iter()
-        .any(|(n, v)| n == "content-type" && v.starts_with(b"text/event-stream"));
-    if !sse {
-        return None;
-    }
-    let mut sc = Scanner::new();
-    sc.feed(body);
-    match sc.finish() {
-        Ending::Error(e) => Some(e.kind),
-        _ => None,
-    }
 }

@@ -19,35 +19,53 @@ fn seconds_until(due_ms: u64, now_ms: u64) -> u64 {
     due_ms.saturating_sub(now_ms).div_ceil(1_000).max(1)
 }
 
-/// Every vendor is ejected, or every one that could serve has failed.
+/// Every vendor is ejected, or every one that could serve has failed
+/// (`tried`, in the order tried): names each vendor and when it is due back.
 pub fn unavailable(format: Option<Format>, config: &Config, due: &[Due], now_ms: u64, tried: &[usize]) -> Rejection {
-    let mut r = all_vendors_down(config, due, now_ms);
-    let names = |list: &[usize]| -> Vec<String> {
-        list.iter()
-            .filter_map(|&v| config.vendors.get(v).map(|x| x.name.clone()))
-            .collect()
-    };
+    let vendors: Vec<(&str, u64)> = due
+        .iter()
+        .filter_map(|d| {
+            let v = config.vendors.get(d.vendor)?;
+            Some((v.name.as_str(), seconds_until(d.due_ms, now_ms)))
+        })
+        .collect();
+    let retry_after_s = vendors.iter().map(|v| v.1).min().unwrap_or(1);
+    let listed: Vec<String> = vendors.iter().map(|(name, s)| format!("{name} in {s}s")).collect();
+    let mut message = format!(
+        "Every LLM vendor is temporarily unavailable; due back: {}. Retry after {retry_after_s}s.",
+        listed.join(", ")
+    );
+    let tried: Vec<&str> = tried
+        .iter()
+        .filter_map(|&v| config.vendors.get(v).map(|x| x.name.as_str()))
+        .collect();
     if !tried.is_empty() {
-        let mut body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-        if let Some(e) = body.get_mut("error") {
-            let msg = e
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or_default()
-                .to_string();
-            e["message"] = json!(format!("Tried {} without success. {msg}", names(tried).join(", ")));
-            e["tried"] = json!(names(tried));
+        message = format!("Tried {} without success. {message}", tried.join(", "));
+    }
+    let body = match format {
+        Some(Format::Anthropic) => json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+        _ => {
+            let mut error = json!({
+                "message": message,
+                "type": "service_unavailable",
+                "param": null,
+                "code": "all_vendors_unavailable",
+                "vendors": vendors
+                    .iter()
+                    .map(|(name, s)| json!({"name": name, "retry_after_s": s}))
+                    .collect::<Vec<_>>(),
+            });
+            if let (false, Some(fields)) = (tried.is_empty(), error.as_object_mut()) {
+                fields.insert("tried".into(), json!(tried));
+            }
+            json!({ "error": error })
         }
-        r.body = body.to_string();
+    };
+    Rejection {
+        status: 503,
+        retry_after_s,
+        body: body.to_string(),
     }
-    if format == Some(Format::Anthropic) {
-        let message = serde_json::from_str::<serde_json::Value>(&r.body)
-            .ok()
-            .and_then(|v| v.get("error")?.get("message")?.as_str().map(str::to_string))
-            .unwrap_or_default();
-        r.body = json!({"type": "error", "error": {"type": "api_error", "message": message}}).to_string();
-    }
-    r
 }
 
 /// No vendor serves the requested model in the client's API format.
@@ -62,39 +80,6 @@ pub fn model_not_served(format: Option<Format>, model: &str) -> Rejection {
     Rejection {
         status: 404,
         retry_after_s: 0,
-        body: body.to_string(),
-    }
-}
-
-pub fn all_vendors_down(config: &Config, due: &[Due], now_ms: u64) -> Rejection {
-    let vendors: Vec<_> = due
-        .iter()
-        .filter_map(|d| {
-            let v = config.vendors.get(d.vendor)?;
-            Some((v.name.as_str(), seconds_until(d.due_ms, now_ms)))
-        })
-        .collect();
-    let retry_after_s = vendors.iter().map(|v| v.1).min().unwrap_or(1);
-    let listed: Vec<String> = vendors.iter().map(|(name, s)| format!("{name} in {s}s")).collect();
-    let message = format!(
-        "Every LLM vendor is temporarily unavailable; due back: {}. Retry after {retry_after_s}s.",
-        listed.join(", ")
-    );
-    let body = json!({
-        "error": {
-            "message": message,
-            "type": "service_unavailable",
-            "param": null,
-            "code": "all_vendors_unavailable",
-            "vendors": vendors
-                .iter()
-                .map(|(name, s)| json!({"name": name, "retry_after_s": s}))
-                .collect::<Vec<_>>(),
-        }
-    });
-    Rejection {
-        status: 503,
-        retry_after_s,
         body: body.to_string(),
     }
 }
@@ -118,7 +103,7 @@ mod tests {
                 due_ms: 30_000,
             },
         ];
-        let r = all_vendors_down(&config, &due, 10_000);
+        let r = unavailable(None, &config, &due, 10_000, &[]);
         assert_eq!(r.status, 503);
         assert_eq!(r.retry_after_s, 3);
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -160,15 +145,12 @@ mod tests {
     #[test]
     fn never_says_retry_after_zero() {
         let config = Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap();
-        let r = all_vendors_down(
-            &config,
-            &[Due {
-                unit: 0,
-                vendor: 0,
-                due_ms: 5,
-            }],
-            10,
-        );
+        let due = [Due {
+            unit: 0,
+            vendor: 0,
+            due_ms: 5,
+        }];
+        let r = unavailable(None, &config, &due, 10, &[]);
         assert_eq!(r.retry_after_s, 1);
     }
 }

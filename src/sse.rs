@@ -8,6 +8,8 @@
 //! skipped. What counts as an error or an end marker is in one table,
 //! `DIALECTS`, so another vendor's stream format is a small addition.
 
+use crate::config::Format;
+
 /// Bytes of one line, and of one event's data, kept for inspection. Longer
 /// lines and events are still followed (their structure is tracked), but
 /// only their first bytes are inspected: the markers sought are short and
@@ -75,6 +77,14 @@ pub const GEMINI: Dialect = Dialect {
 };
 
 pub const DIALECTS: [&Dialect; 3] = [&OPENAI, &ANTHROPIC, &GEMINI];
+
+/// The stream dialect of a client API format.
+pub fn dialect_of(format: Format) -> &'static Dialect {
+    match format {
+        Format::OpenAi => &OPENAI,
+        Format::Anthropic => &ANTHROPIC,
+    }
+}
 
 /// The dialect a request path speaks, if any.
 pub fn dialect_for_path(path: &[u8]) -> Option<&'static Dialect> {
