@@ -5,7 +5,7 @@
 //! runs the same code compiled to wasm inside V8, which is slower than native
 //! code by a small factor; `bench/run.py --sse` measures it inside Envoy.
 
-use llm_failover::sse::{Ending, Scanner};
+use llm_failover::policy::sse::{Ending, Scanner};
 use std::hint::black_box;
 use std::time::Instant;
 

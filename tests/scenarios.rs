@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use llm_failover::choice::{choose, Choice, Worker};
-use llm_failover::classify::{classify, Observed, Outcome};
-use llm_failover::config::Config;
-use llm_failover::health::{PhaseKind, Rules, Transition};
-use llm_failover::store::{load, update, vendor_key, MemoryStore};
+use llm_failover::policy::choice::{choose, Choice, Worker};
+use llm_failover::policy::classify::{classify, Observed, Outcome};
+use llm_failover::policy::config::Config;
+use llm_failover::policy::health::{PhaseKind, Rules, Transition};
+use llm_failover::policy::store::{load, update, vendor_key, MemoryStore};
 
 struct Sim {
     config: Config,

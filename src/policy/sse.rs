@@ -8,7 +8,7 @@
 //! skipped. What counts as an error or an end marker is in one table,
 //! `DIALECTS`, so another vendor's stream format is a small addition.
 
-use crate::config::Format;
+use crate::policy::config::Format;
 
 /// Bytes of one line, and of one event's data, kept for inspection. Longer
 /// lines and events are still followed (their structure is tracked), but

@@ -6,7 +6,7 @@
 //! 1 s buckets and 10 buckets, an outcome at 12.3 s counts up to 21.999 s and
 //! is gone at 22.000 s.
 
-use crate::config::WindowSpec;
+use crate::policy::config::WindowSpec;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bucket {

@@ -6,8 +6,8 @@
 //! its API format, by priority and weight; a vendor with a model map serves
 //! only the models it maps (or every model, through a `"*"` entry).
 
-use crate::choice::Cand;
-use crate::config::{Config, Format};
+use crate::policy::choice::Cand;
+use crate::policy::config::{Config, Format};
 
 /// One way to serve a request, and how to ask for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +190,7 @@ mod tests {
         let p = plan(&c, Some(Format::OpenAi), Some("anything")).unwrap();
         assert_eq!(
             p.iter().map(|x| x.cand).collect::<Vec<_>>(),
-            crate::choice::default_cands(&c)
+            crate::policy::choice::default_cands(&c)
         );
     }
 }

@@ -3,8 +3,8 @@
 //! (naming each vendor and when it is due back, with `retry-after` set to
 //! the soonest), and a 404 when no vendor serves the requested model.
 
-use crate::choice::Due;
-use crate::config::{Config, Format};
+use crate::policy::choice::Due;
+use crate::policy::config::{Config, Format};
 use serde_json::json;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

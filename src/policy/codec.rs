@@ -17,9 +17,9 @@
 //!  .  FNV-1a 32 of everything before it (u32)
 //! ```
 
-use crate::config::WindowSpec;
-use crate::health::{Phase, VendorState};
-use crate::window::{Bucket, Window};
+use crate::policy::config::WindowSpec;
+use crate::policy::health::{Phase, VendorState};
+use crate::policy::window::{Bucket, Window};
 use std::fmt;
 
 pub const FORMAT_VERSION: u8 = 2;

@@ -3,8 +3,8 @@
 //! expect, and a panic traps the worker's VM; here every status comes back
 //! as a `Result`, byte values stay bytes, and nothing allocates a path list.
 
-use crate::abi;
-use crate::store::{Store, StoreError};
+use crate::policy::store::{Store, StoreError};
+use crate::proxy::abi;
 use std::ptr::{null, null_mut};
 
 const OK: u32 = 0;

@@ -9,7 +9,7 @@
 //! plainly closed (an ejection that may have run out, half-open probing) is
 //! always read afresh. A copy is therefore at most one notification behind.
 
-use crate::health::VendorState;
+use crate::policy::health::VendorState;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cached {

@@ -5,8 +5,8 @@
 //! Each method here is a pure step `(state, now, outcome) -> state'`, so the
 //! store can retry it after a compare-and-swap conflict without side effects.
 
-use crate::config::{Backoff, Config, RateLimit, Recovery, TripRule, WindowSpec};
-use crate::window::{Totals, Window};
+use crate::policy::config::{Backoff, Config, RateLimit, Recovery, TripRule, WindowSpec};
+use crate::policy::window::{Totals, Window};
 use std::fmt;
 
 /// Where a vendor stands.

@@ -4,8 +4,8 @@
 //! of the same name from every worker VM, so counters add up across workers
 //! and a gauge holds the last value any worker set.
 
-use crate::classify::Reason;
-use crate::host::{self, COUNTER, GAUGE};
+use crate::policy::classify::Reason;
+use crate::proxy::host::{self, COUNTER, GAUGE};
 use std::cell::RefCell;
 
 /// In-stream error types counted per vendor; later types share "other".

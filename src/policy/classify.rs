@@ -18,9 +18,9 @@
 //!    exceeded, content policy): neutral.
 //! 7. Otherwise it worked; slow if it broke a slowness limit.
 
-use crate::config::{SlowLimits, StatusSet};
-use crate::health::Verdict;
-use crate::sse::Ending;
+use crate::policy::config::{SlowLimits, StatusSet};
+use crate::policy::health::Verdict;
+use crate::policy::sse::Ending;
 use std::fmt;
 
 /// Envoy's response flag bits (`response.flags`, the access log's
@@ -270,8 +270,8 @@ pub fn classify(seen: &Observed, failure_statuses: &StatusSet, slow: &SlowLimits
 mod tests {
     use super::flags::*;
     use super::*;
-    use crate::config::DEFAULT_FAILURE_STATUSES;
-    use crate::sse::StreamError;
+    use crate::policy::config::DEFAULT_FAILURE_STATUSES;
+    use crate::policy::sse::StreamError;
 
     const LIMITS: SlowLimits = SlowLimits {
         first_byte_ms: Some(1_000),

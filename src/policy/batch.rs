@@ -10,7 +10,7 @@
 //! immediately. The window thus lags by at most one tick of this worker's
 //! quiet successes.
 
-use crate::health::Deferred;
+use crate::policy::health::Deferred;
 
 /// Entries kept before the batch asks to be written early.
 pub const MAX_ENTRIES: usize = 32;
@@ -59,8 +59,8 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::WindowSpec;
-    use crate::health::{Phase, Ticket, VendorState, Verdict};
+    use crate::policy::config::WindowSpec;
+    use crate::policy::health::{Phase, Ticket, VendorState, Verdict};
 
     const SPEC: WindowSpec = WindowSpec {
         bucket_ms: 1_000,
@@ -124,8 +124,9 @@ mod tests {
     #[test]
     fn merged_successes_do_not_break_a_run_of_failures() {
         let mut s = VendorState::new(SPEC);
-        let rules =
-            crate::health::Rules::from_config(&crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap());
+        let rules = crate::policy::health::Rules::from_config(
+            &crate::policy::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap(),
+        );
         let t = Ticket {
             generation: 0,
             probe: false,
@@ -148,11 +149,12 @@ mod tests {
 
     #[test]
     fn quiet_only_while_nothing_has_failed() {
-        let rules =
-            crate::health::Rules::from_config(&crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap());
+        let rules = crate::policy::health::Rules::from_config(
+            &crate::policy::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap(),
+        );
         let mut s = VendorState::new(SPEC);
         let quiet = |s: &VendorState, now| match s.availability(now, &rules) {
-            crate::health::Availability::Open(t) => t.quiet,
+            crate::policy::health::Availability::Open(t) => t.quiet,
             _ => false,
         };
         assert!(quiet(&s, 0));

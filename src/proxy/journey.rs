@@ -8,19 +8,19 @@
 //! sees the request. The first attempt then goes through the router and
 //! streams live; see `rescue` for when and how a request moves on.
 
-use crate::adapt;
-use crate::choice::{self, Choice};
-use crate::classify::{self, Observed, Outcome, Reason};
-use crate::config::{AllDown, Format, Vendor};
-use crate::filter::Plugin;
-use crate::host::{self, SharedData, CALLOUT_HEADERS, REQUEST_HEADERS};
-use crate::metrics;
-use crate::plan::Planned;
-use crate::ratelimit;
-use crate::reply;
-use crate::rescue::{self, Flight, Move};
-use crate::sse::{self, Ending, Scanner};
-use crate::store;
+use crate::policy::adapt;
+use crate::policy::choice::{self, Choice};
+use crate::policy::classify::{self, Observed, Outcome, Reason};
+use crate::policy::config::{AllDown, Format, Vendor};
+use crate::policy::plan::Planned;
+use crate::policy::ratelimit;
+use crate::policy::reply;
+use crate::policy::rescue::{self, Flight, Move};
+use crate::policy::sse::{self, Ending, Scanner};
+use crate::policy::store;
+use crate::proxy::filter::Plugin;
+use crate::proxy::host::{self, SharedData, CALLOUT_HEADERS, REQUEST_HEADERS};
+use crate::proxy::metrics;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -311,7 +311,7 @@ impl Plugin {
                 continue;
             };
             if let Ok(loaded) = store::load(&SharedData, key, self.rules.window) {
-                if let crate::health::Availability::Unavailable { due_ms } =
+                if let crate::policy::health::Availability::Unavailable { due_ms } =
                     loaded.state.availability(now_ms, &self.rules)
                 {
                     due.push(choice::Due { unit, vendor, due_ms });

@@ -6,10 +6,10 @@
 //! together send it no more than the probe budget. When every vendor is
 //! ejected, `AllDown` decides.
 
-use crate::config::{AllDown, Config};
-use crate::health::{Availability, Phase, Rules, Ticket, Transition};
-use crate::store::{self, Store};
-use crate::view::View;
+use crate::policy::config::{AllDown, Config};
+use crate::policy::health::{Availability, Phase, Rules, Ticket, Transition};
+use crate::policy::store::{self, Store};
+use crate::policy::view::View;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Choice {
@@ -333,8 +333,8 @@ fn weighted_pick(candidates: &[(Cand, u32, Candidate)], turn: &mut u64) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{Phase, Verdict};
-    use crate::store::{create_if_missing, load, update, vendor_key, MemoryStore};
+    use crate::policy::health::{Phase, Verdict};
+    use crate::policy::store::{create_if_missing, load, update, vendor_key, MemoryStore};
 
     struct World {
         config: Config,

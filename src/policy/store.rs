@@ -7,9 +7,9 @@
 //! no outcome is lost and none is counted twice. `MemoryStore` is the same
 //! contract in memory, with hooks to inject conflicts, for tests.
 
-use crate::codec::{self, DecodeError};
-use crate::config::WindowSpec;
-use crate::health::VendorState;
+use crate::policy::codec::{self, DecodeError};
+use crate::policy::config::WindowSpec;
+use crate::policy::health::VendorState;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
@@ -255,7 +255,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{Ticket, Verdict};
+    use crate::policy::health::{Ticket, Verdict};
 
     const SPEC: WindowSpec = WindowSpec {
         bucket_ms: 1_000,
@@ -331,8 +331,9 @@ mod tests {
             probe: false,
             quiet: false,
         };
-        let rules =
-            crate::health::Rules::from_config(&crate::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap());
+        let rules = crate::policy::health::Rules::from_config(
+            &crate::policy::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap(),
+        );
         update(&store, &key, SPEC, |s| s.record(0, Verdict::Failure, stale, &rules)).unwrap();
         assert_eq!(store.writes.get(), writes);
     }

@@ -7,11 +7,11 @@
 //! callout, as many times as `rescue.max_attempts` and `rescue.deadline`
 //! allow; the client then receives the first answer that is not a failure.
 
-use crate::choice::Cand;
-use crate::classify::Outcome;
-use crate::config::{Format, Rescue};
-use crate::health::Ticket;
-use crate::plan::Planned;
+use crate::policy::choice::Cand;
+use crate::policy::classify::Outcome;
+use crate::policy::config::{Format, Rescue};
+use crate::policy::health::Ticket;
+use crate::policy::plan::Planned;
 
 /// One attempt: which plan entry, and what its outcome must be recorded with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl Flight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::Reason;
+    use crate::policy::classify::Reason;
 
     fn planned(unit: usize, window: Option<u64>) -> Planned {
         Planned {
@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(moves(&Outcome::RateLimited(Some(2_000))), Some(Move::Failure));
         for o in [
             Outcome::Success,
-            Outcome::Slow(crate::classify::Slowness::FirstByte),
+            Outcome::Slow(crate::policy::classify::Slowness::FirstByte),
             Outcome::Neutral(Some(400)),
             Outcome::Neutral(Some(422)),
             Outcome::Neutral(None),

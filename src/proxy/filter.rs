@@ -16,22 +16,22 @@
 //! read before routing, the route group and vendor model are picked, and a
 //! first attempt that fails before any byte reached the client is rescued.
 
-use crate::adapt;
-use crate::batch::Batch;
-use crate::choice::{self, Choice, Worker};
-use crate::classify::{self, Observed, Outcome, Reason};
-use crate::config::{Config, Format};
-use crate::health::{PhaseKind, Rules, Ticket, Transition, VendorState, Verdict};
-use crate::host::{self, SharedData, REQUEST_HEADERS, RESPONSE_HEADERS};
-use crate::journey::{send_own_reply, Journey, JourneyRef, Stage};
-use crate::metrics::{self, GlobalStats, VendorStats};
-use crate::notify;
-use crate::plan;
-use crate::ratelimit;
-use crate::reply;
-use crate::rescue::{self, Flight, Move};
-use crate::sse::{self, Ending, Scanner};
-use crate::store::{self, Loaded, StoreError};
+use crate::policy::adapt;
+use crate::policy::batch::Batch;
+use crate::policy::choice::{self, Choice, Worker};
+use crate::policy::classify::{self, Observed, Outcome, Reason};
+use crate::policy::config::{Config, Format};
+use crate::policy::health::{PhaseKind, Rules, Ticket, Transition, VendorState, Verdict};
+use crate::policy::notify;
+use crate::policy::plan;
+use crate::policy::ratelimit;
+use crate::policy::reply;
+use crate::policy::rescue::{self, Flight, Move};
+use crate::policy::sse::{self, Ending, Scanner};
+use crate::policy::store::{self, Loaded, StoreError};
+use crate::proxy::host::{self, SharedData, REQUEST_HEADERS, RESPONSE_HEADERS};
+use crate::proxy::journey::{send_own_reply, Journey, JourneyRef, Stage};
+use crate::proxy::metrics::{self, GlobalStats, VendorStats};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::{Cell, RefCell};
@@ -216,7 +216,7 @@ impl Plugin {
     pub(crate) fn pick(
         &self,
         cands: &[choice::Cand],
-        all_down: crate::config::AllDown,
+        all_down: crate::policy::config::AllDown,
         clock: &mut dyn FnMut() -> u64,
         tried: &[usize],
         claim_probes: bool,

@@ -1,0 +1,19 @@
+//! The policy: every decision the filter makes, as pure functions of what
+//! the proxy saw, the time and the shared store (all passed in).
+
+pub mod adapt;
+pub mod batch;
+pub mod choice;
+pub mod classify;
+pub mod codec;
+pub mod config;
+pub mod health;
+pub mod notify;
+pub mod plan;
+pub mod ratelimit;
+pub mod reply;
+pub mod rescue;
+pub mod sse;
+pub mod store;
+pub mod view;
+pub mod window;
