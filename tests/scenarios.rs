@@ -1,103 +1,95 @@
-//! Whole-filter scenarios on the host: several "workers" (each with its own
-//! round-robin counter) share one in-memory store, a fake clock advances,
-//! and mock vendors fail on a schedule. Only the proxy is missing.
+//! Whole-filter scenarios on the host: several worker VMs of one fake Envoy
+//! share its shared data and queues, a fake clock advances, mock vendors
+//! fail on a schedule, and every request runs through the real contexts
+//! (choice, recording, batching, notifications). Only the proxy is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use llm_failover::policy::choice::{choose, Choice, Worker};
-use llm_failover::policy::classify::{classify, Observed, Outcome};
 use llm_failover::policy::config::Config;
-use llm_failover::policy::health::{PhaseKind, Rules, Transition};
-use llm_failover::policy::store::{load, update, vendor_key, MemoryStore};
+use llm_failover::policy::health::PhaseKind;
+use llm_failover::policy::store::{load, vendor_key};
+use llm_failover::proxy::fake::capture;
+use llm_failover::proxy::fake::envoy::{Answer, FakeEnvoy, Request};
 
 struct Sim {
+    envoy: FakeEnvoy,
     config: Config,
-    rules: Rules,
-    keys: Vec<String>,
-    store: MemoryStore,
-    workers: Vec<Worker>,
-    transitions: Vec<(u64, String, Transition)>,
+    /// (time, "vendor from -> to") for every state change logged.
+    transitions: Vec<(u64, String, PhaseKind, PhaseKind)>,
+    seen_lines: usize,
+    next_tick: u64,
+}
+
+fn kind(name: &str) -> PhaseKind {
+    match name {
+        "closed" => PhaseKind::Closed,
+        "open" => PhaseKind::Open,
+        "half-open" => PhaseKind::HalfOpen,
+        _ => PhaseKind::RateLimited,
+    }
 }
 
 impl Sim {
     fn new(json: &str, workers: usize) -> Sim {
+        capture::clear();
         let config = Config::parse(json.as_bytes()).unwrap();
-        let rules = Rules::from_config(&config);
-        let keys = config
-            .vendors
-            .iter()
-            .map(|v| vendor_key(&v.name, config.window))
-            .collect();
+        let envoy = FakeEnvoy::new(json, &["anthropic", "openai", "xai"], workers).unwrap();
         Sim {
+            envoy,
             config,
-            rules,
-            keys,
-            store: MemoryStore::new(),
-            workers: (0..workers).map(|_| Worker::new(3, 3)).collect(),
             transitions: vec![],
+            seen_lines: capture::lines(log::Level::Info).len(),
+            next_tick: 0,
         }
     }
 
-    /// One request on `worker` at `now`; `status_of(vendor)` is the answer.
-    fn request(&mut self, worker: usize, now: u64, status_of: impl Fn(&str) -> u16) -> Option<String> {
-        let choice = choose(
-            &self.config,
-            &self.rules,
-            &self.keys,
-            &self.store,
-            &mut || now,
-            &mut self.workers[worker],
-        );
-        let Choice::Route {
-            vendor,
-            ticket,
-            transition,
-            ..
-        } = choice
-        else {
-            return None;
-        };
-        let name = self.config.vendors[vendor].name.clone();
-        if let Some(t) = transition {
-            self.transitions.push((now, name.clone(), t));
+    /// One request on `worker` at `now`; `status_of(vendor)` is its answer.
+    /// Each worker ticks every 100 ms of simulated time, as Envoy would.
+    fn request(&mut self, worker: usize, now: u64, status_of: impl Fn(&str) -> u16) -> String {
+        while self.next_tick <= now {
+            self.envoy.set_now(self.next_tick);
+            self.envoy.tick();
+            self.next_tick += 100;
         }
-        let seen = Observed {
-            status: Some(status_of(&name)),
-            ..Observed::default()
-        };
-        let outcome: Outcome = classify(&seen, &self.config.failure_statuses, &self.config.slow);
-        if let Some(ticket) = ticket {
-            let rules = self.rules;
-            let done = update(&self.store, &self.keys[vendor], rules.window, |s| {
-                s.record(now, outcome.verdict(), ticket, &rules)
-            })
-            .unwrap();
-            // What the glue broadcasts: a phase change or a first failure
-            // makes every worker drop its copy of the vendor.
-            if done.result.is_some() || !done.state.is_quiet(now) {
-                for w in &mut self.workers {
-                    w.view.forget(vendor);
-                }
-            }
-            if let Some(t) = done.result {
-                self.transitions.push((now, name.clone(), t));
+        self.envoy.set_now(now);
+        let got = self.envoy.send(worker, &Request::openai("m", false), &mut |asked| {
+            Answer::status(status_of(&asked.cluster))
+        });
+        let lines = capture::lines(log::Level::Info);
+        for line in lines.iter().skip(self.seen_lines) {
+            // "vendor anthropic: closed -> open (...)"
+            let Some(rest) = line.strip_prefix("vendor ") else {
+                continue;
+            };
+            let Some((name, change)) = rest.split_once(": ") else {
+                continue;
+            };
+            let words: Vec<&str> = change.split_whitespace().collect();
+            if words.get(1) == Some(&"->") {
+                self.transitions
+                    .push((now, name.to_string(), kind(words[0]), kind(words[2])));
             }
         }
-        Some(name)
+        self.seen_lines = lines.len();
+        got.header("x-llm-failover-vendor").unwrap().to_string()
     }
 
     fn phase(&self, vendor: usize, now: u64) -> PhaseKind {
-        load(&self.store, &self.keys[vendor], self.rules.window)
+        let key = vendor_key(&self.config.vendors[vendor].name, self.config.window);
+        let rules = llm_failover::policy::health::Rules::from_config(&self.config);
+        load(&self.envoy.process.store, &key, rules.window)
             .unwrap()
             .state
             .effective_kind(now)
     }
 }
 
+/// The health scenarios watch one attempt per request: rescue is off.
 const DEMO: &str = r#"{"vendors":[
     {"name":"anthropic","priority":0},
     {"name":"openai","priority":1},
-    {"name":"xai","priority":2}]}"#;
+    {"name":"xai","priority":2}],
+    "rescue":{"max_attempts":1}}"#;
 
 /// anthropic returns 529 from 10 s to 20 s; four workers share 20 requests/s.
 #[test]
@@ -117,7 +109,7 @@ fn vendor_returns_529_for_ten_seconds_then_traffic_moves_and_comes_back() {
                 200
             }
         };
-        served.push((now, sim.request(i % 4, now, status).unwrap()));
+        served.push((now, sim.request(i % 4, now, status)));
     }
     // Before the outage: all on the primary.
     assert!(served
@@ -131,8 +123,8 @@ fn vendor_returns_529_for_ten_seconds_then_traffic_moves_and_comes_back() {
         .count();
     assert_eq!(hit_during_outage, 5);
     // Ejected at 10.2 s for the default 30 s: openai serves until 40.2 s.
-    let (t_open, _, open) = &sim.transitions[0];
-    assert_eq!((*t_open, open.to), (10_200, PhaseKind::Open));
+    let (t_open, _, _, to) = &sim.transitions[0];
+    assert_eq!((*t_open, *to), (10_200, PhaseKind::Open));
     assert!(served
         .iter()
         .filter(|(t, _)| (10_250..40_200).contains(t))
@@ -141,7 +133,7 @@ fn vendor_returns_529_for_ten_seconds_then_traffic_moves_and_comes_back() {
     let kinds: Vec<_> = sim
         .transitions
         .iter()
-        .map(|(t, v, tr)| (*t, v.as_str(), tr.from, tr.to))
+        .map(|(t, v, from, to)| (*t, v.as_str(), *from, *to))
         .collect();
     assert_eq!(
         kinds,
@@ -170,17 +162,19 @@ fn a_long_outage_doubles_the_ejection() {
         now += 100;
         let down = now < 100_000;
         let status = |v: &str| if v == "anthropic" && down { 503 } else { 200 };
-        if sim.request((now / 100) as usize % 2, now, status).unwrap() == "anthropic" && down {
+        if sim.request((now / 100) as usize % 2, now, status) == "anthropic" && down {
             to_primary_while_down += 1;
         }
     }
-    let opens: Vec<u64> = sim
-        .transitions
-        .iter()
-        .filter(|(_, _, t)| t.to == PhaseKind::Open)
-        .map(|(_, _, t)| t.ejected_for_ms.unwrap())
+    let opens: Vec<String> = capture::lines(log::Level::Info)
+        .into_iter()
+        .filter(|l| l.contains("-> open"))
         .collect();
-    assert_eq!(opens, vec![30_000, 60_000, 120_000]);
+    let ejected_for: Vec<&str> = opens
+        .iter()
+        .map(|l| l.split("ejected for ").nth(1).unwrap().split(' ').next().unwrap())
+        .collect();
+    assert_eq!(ejected_for, vec!["30000", "60000", "120000"]);
     // 5 to trip, then one failed probe per ejection.
     assert_eq!(to_primary_while_down, 7);
 }
@@ -192,9 +186,25 @@ fn two_vendors_down_traffic_reaches_the_third() {
     let mut last = String::new();
     for i in 0..40 {
         let status = |v: &str| if v == "xai" { 200 } else { 500 };
-        last = sim.request(i % 2, 1_000 + i as u64, status).unwrap();
+        last = sim.request(i % 2, 1_000 + i as u64, status);
     }
     assert_eq!(last, "xai");
     assert_eq!(sim.phase(0, 2_000), PhaseKind::Open);
     assert_eq!(sim.phase(1, 2_000), PhaseKind::Open);
+}
+
+/// Quiet successes are batched per worker and written on the tick: the
+/// window holds every request once the workers have ticked.
+#[test]
+fn batched_successes_all_reach_the_shared_window() {
+    let mut sim = Sim::new(DEMO, 3);
+    for i in 0..300u64 {
+        sim.request((i % 3) as usize, 1_000 + i, |_| 200);
+    }
+    sim.envoy.set_now(2_000);
+    sim.envoy.tick();
+    let key = vendor_key("anthropic", sim.config.window);
+    let rules = llm_failover::policy::health::Rules::from_config(&sim.config);
+    let state = load(&sim.envoy.process.store, &key, rules.window).unwrap().state;
+    assert_eq!(state.window.totals(2_000).successes, 300);
 }

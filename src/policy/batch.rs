@@ -154,7 +154,7 @@ mod tests {
         );
         let mut s = VendorState::new(SPEC);
         let quiet = |s: &VendorState, now| match s.availability(now, &rules) {
-            crate::policy::health::Availability::Open(t) => t.quiet,
+            crate::policy::health::Availability::Routable(t) => t.quiet,
             _ => false,
         };
         assert!(quiet(&s, 0));

@@ -1,28 +1,22 @@
-//! Vendor choice: the best vendor that can take a request right now.
+//! Vendor choice: the best candidate that can take a request right now.
 //!
-//! Vendors are tried by priority (lower first); inside a priority, healthy
-//! vendors share traffic by weight. A half-open vendor takes a request only
-//! by claiming one of its probe slots with compare-and-swap, so all workers
-//! together send it no more than the probe budget. When every vendor is
+//! Candidates are tried by level (lower first); inside a level, healthy
+//! ones share traffic by weight. A half-open unit takes a request only by
+//! claiming one of its probe slots with compare-and-swap, so all workers
+//! together send it no more than the probe budget. When every candidate is
 //! ejected, `AllDown` decides.
 
-use crate::policy::config::{AllDown, Config};
+use crate::policy::config::AllDown;
 use crate::policy::health::{Availability, Phase, Rules, Ticket, Transition};
+use crate::policy::plan::{Attempt, Candidate};
 use crate::policy::store::{self, Store};
 use crate::policy::view::View;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Choice {
     Route {
-        /// The health unit chosen (see `config::Unit`), and its vendor.
-        unit: usize,
-        vendor: usize,
-        /// `None` when the outcome must not feed the unit's health: the
-        /// request was forced onto an ejected unit, or its state could not
-        /// be read.
-        ticket: Option<Ticket>,
-        /// Set when every candidate was ejected and the request was sent anyway.
-        forced: bool,
+        /// The candidate chosen, and what its outcome is recorded with.
+        attempt: Attempt,
         /// A phase change made while choosing (an ejection ran out).
         transition: Option<Transition>,
     },
@@ -40,37 +34,42 @@ pub struct Due {
     pub due_ms: u64,
 }
 
-/// One way to serve a request: a health unit on a vendor, at a preference
-/// level (lower first), with a weight inside its level. Candidates are
-/// given sorted by level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cand {
-    pub unit: usize,
-    pub vendor: usize,
-    pub level: u32,
-    pub weight: u32,
+/// One request for a choice.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Sorted by level.
+    pub candidates: &'a [Candidate],
+    pub all_down: AllDown,
+    /// Units already tried for this request: passed over.
+    pub tried: &'a [usize],
+    /// Without it, half-open units are passed over rather than given one of
+    /// their probe slots (for a provisional choice that may be made again: a
+    /// slot taken twice for one request is lost).
+    pub claim_probes: bool,
 }
 
-/// The candidates when nothing narrows them: every vendor's pass-through
-/// unit, by priority then config order, weighted.
-pub fn default_cands(config: &Config) -> Vec<Cand> {
-    config
-        .by_preference
-        .iter()
-        .filter_map(|&vendor| {
-            let v = config.vendors.get(vendor)?;
-            Some(Cand {
-                unit: vendor,
-                vendor,
-                level: v.priority,
-                weight: v.weight,
-            })
-        })
-        .collect()
+impl<'a> Ask<'a> {
+    /// A request's first choice among `candidates`.
+    pub fn first(candidates: &'a [Candidate], all_down: AllDown) -> Self {
+        Ask {
+            candidates,
+            all_down,
+            tried: &[],
+            claim_probes: true,
+        }
+    }
+}
+
+/// The units' shared state: the rules it follows, each unit's store key
+/// (`keys[u]`) and the store.
+pub struct Shared<'a, S: Store + ?Sized> {
+    pub rules: &'a Rules,
+    pub keys: &'a [String],
+    pub store: &'a S,
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Candidate {
+enum Standing {
     Healthy(Option<Ticket>),
     Probe,
 }
@@ -104,13 +103,17 @@ impl Worker {
 
 /// Reads the clock at most once, and only if a choice needs it: routing to a
 /// closed unit from the worker's copy needs no time at all.
-struct LazyClock<'a> {
+pub struct LazyClock<'a> {
     read: &'a mut dyn FnMut() -> u64,
     now: Option<u64>,
 }
 
-impl LazyClock<'_> {
-    fn now(&mut self) -> u64 {
+impl<'a> LazyClock<'a> {
+    pub fn new(read: &'a mut dyn FnMut() -> u64) -> Self {
+        LazyClock { read, now: None }
+    }
+
+    pub fn now(&mut self) -> u64 {
         match self.now {
             Some(t) => t,
             None => {
@@ -122,64 +125,43 @@ impl LazyClock<'_> {
     }
 }
 
-/// Picks among the vendors' pass-through units (see `choose_from`).
+/// Picks the best candidate of `ask` that may take a request now; `clock`
+/// reads the time in ms.
 pub fn choose<S: Store + ?Sized>(
-    config: &Config,
-    rules: &Rules,
-    keys: &[String],
-    store: &S,
+    ask: &Ask,
+    shared: &Shared<S>,
     clock: &mut dyn FnMut() -> u64,
     worker: &mut Worker,
 ) -> Choice {
-    let cands = default_cands(config);
-    choose_from(&cands, config.all_down, rules, keys, store, clock, worker, &[], true)
-}
-
-/// Picks the best candidate that may take a request now, skipping the
-/// units in `tried`. `keys[u]` is unit u's store key; `clock` reads the
-/// time in ms. Without `claim_probes`, half-open units are passed over
-/// rather than given one of their probe slots (for a provisional choice
-/// that may be made again: a slot taken twice for one request is lost).
-#[allow(clippy::too_many_arguments)]
-pub fn choose_from<S: Store + ?Sized>(
-    cands: &[Cand],
-    all_down: AllDown,
-    rules: &Rules,
-    keys: &[String],
-    store: &S,
-    clock: &mut dyn FnMut() -> u64,
-    worker: &mut Worker,
-    tried: &[usize],
-    claim_probes: bool,
-) -> Choice {
-    let mut clock = LazyClock { read: clock, now: None };
-    let open: Vec<&Cand> = cands.iter().filter(|c| !tried.contains(&c.unit)).collect();
-    if open.is_empty() {
+    let Shared { rules, keys, store } = *shared;
+    let mut clock = LazyClock::new(clock);
+    let untried: Vec<&Candidate> = ask.candidates.iter().filter(|c| !ask.tried.contains(&c.unit)).collect();
+    if untried.is_empty() {
         return Choice::Nothing;
     }
-    let all_missing = open.iter().all(|c| worker.is_missing(c.vendor));
-    let skips = |w: &Worker, c: &Cand| !all_missing && w.is_missing(c.vendor);
+    let all_missing = untried.iter().all(|c| worker.is_missing(c.vendor));
+    let skips = |w: &Worker, c: &Candidate| !all_missing && w.is_missing(c.vendor);
     let mut due: Vec<Due> = Vec::new();
     let mut start = 0;
-    while start < open.len() {
-        let level_of = |i: usize| open.get(i).map_or(u32::MAX, |c| c.level);
+    while start < untried.len() {
+        let level_of = |i: usize| untried.get(i).map_or(u32::MAX, |c| c.level);
         let level = level_of(start);
-        let end = (start..open.len())
+        let end = (start..untried.len())
             .find(|&i| level_of(i) != level)
-            .unwrap_or(open.len());
-        let this_level = open.get(start..end).unwrap_or(&[]);
+            .unwrap_or(untried.len());
+        let this_level = untried.get(start..end).unwrap_or(&[]);
         start = end;
 
-        let mut candidates: Vec<(Cand, u32, Candidate)> = Vec::with_capacity(this_level.len());
-        for &&c in this_level {
-            if skips(worker, &c) {
+        let mut standing: Vec<(&Candidate, Standing)> = Vec::with_capacity(this_level.len());
+        for &c in this_level {
+            if skips(worker, c) {
                 continue;
             }
             let (unit, vendor) = (c.unit, c.vendor);
             let Some(key) = keys.get(unit) else {
                 continue;
             };
-            let candidate = match worker.view.get(unit) {
+            let judged = match worker.view.get(unit) {
                 Some(cached) if cached.state.phase == Phase::Closed => {
                     // A rate limit holds until its reset, like an ejection.
                     let until = cached.state.cooldown_until_ms;
@@ -191,7 +173,7 @@ pub fn choose_from<S: Store + ?Sized>(
                         });
                         None
                     } else {
-                        Some(Candidate::Healthy(Some(Ticket {
+                        Some(Standing::Healthy(Some(Ticket {
                             generation: cached.state.generation,
                             probe: false,
                             quiet: cached.quiet,
@@ -212,14 +194,14 @@ pub fn choose_from<S: Store + ?Sized>(
                 // Not plainly closed, or no copy: judge from a fresh read.
                 _ => match store::load(store, key, rules.window) {
                     // Unreadable state must not take a vendor out of service.
-                    Err(_) => Some(Candidate::Healthy(None)),
+                    Err(_) => Some(Standing::Healthy(None)),
                     Ok(loaded) => {
                         let now = clock.now();
                         let availability = loaded.state.availability(now, rules);
                         worker.view.put(unit, loaded.state, now);
                         match availability {
-                            Availability::Open(t) => Some(Candidate::Healthy(Some(t))),
-                            Availability::Probe => Some(Candidate::Probe),
+                            Availability::Routable(t) => Some(Standing::Healthy(Some(t))),
+                            Availability::Probe => Some(Standing::Probe),
                             Availability::Unavailable { due_ms } => {
                                 due.push(Due { unit, vendor, due_ms });
                                 None
@@ -228,34 +210,35 @@ pub fn choose_from<S: Store + ?Sized>(
                     }
                 },
             };
-            if let Some(candidate) = candidate {
-                candidates.push((c, c.weight, candidate));
+            if let Some(judged) = judged {
+                standing.push((c, judged));
             }
         }
-        while !candidates.is_empty() {
-            let pick = weighted_pick(&candidates, &mut worker.turn);
-            let Some(&(c, _, candidate)) = candidates.get(pick) else {
+        while !standing.is_empty() {
+            let pick = weighted_pick(&standing, &mut worker.turn);
+            let Some(&(c, judged)) = standing.get(pick) else {
                 break;
             };
-            match candidate {
-                Candidate::Healthy(ticket) => {
-                    return Choice::Route {
-                        unit: c.unit,
-                        vendor: c.vendor,
-                        ticket,
-                        forced: false,
-                        transition: None,
-                    }
-                }
-                Candidate::Probe if !claim_probes => {
+            let route = |ticket, transition| Choice::Route {
+                attempt: Attempt {
+                    unit: c.unit,
+                    vendor: c.vendor,
+                    ticket,
+                    forced: false,
+                },
+                transition,
+            };
+            match judged {
+                Standing::Healthy(ticket) => return route(ticket, None),
+                Standing::Probe if !ask.claim_probes => {
                     due.push(Due {
                         unit: c.unit,
                         vendor: c.vendor,
                         due_ms: clock.now(),
                     });
-                    candidates.remove(pick);
+                    standing.remove(pick);
                 }
-                Candidate::Probe => {
+                Standing::Probe => {
                     let now = clock.now();
                     let key = keys.get(c.unit).map(String::as_str).unwrap_or_default();
                     let claimed = store::update(store, key, rules.window, |s| s.claim_probe(now, rules));
@@ -263,13 +246,7 @@ pub fn choose_from<S: Store + ?Sized>(
                         let claim = done.result;
                         worker.view.put(c.unit, done.state, now);
                         if let Some((ticket, transition)) = claim {
-                            return Choice::Route {
-                                unit: c.unit,
-                                vendor: c.vendor,
-                                ticket: Some(ticket),
-                                forced: false,
-                                transition,
-                            };
+                            return route(Some(ticket), transition);
                         }
                     }
                     // Another worker took the last slot: it is being probed.
@@ -278,14 +255,14 @@ pub fn choose_from<S: Store + ?Sized>(
                         vendor: c.vendor,
                         due_ms: now,
                     });
-                    candidates.remove(pick);
+                    standing.remove(pick);
                 }
             }
         }
     }
 
     // Every candidate is ejected.
-    match all_down {
+    match ask.all_down {
         AllDown::Reject => {
             due.sort_by_key(|d| d.due_ms);
             Choice::Reject {
@@ -298,30 +275,32 @@ pub fn choose_from<S: Store + ?Sized>(
             // equals, so ties go to the preferred candidate.
             let soonest = due.iter().min_by_key(|d| d.due_ms).map(|d| (d.unit, d.vendor));
             let (unit, vendor) = soonest
-                .or_else(|| open.iter().find(|c| !skips(worker, c)).map(|c| (c.unit, c.vendor)))
+                .or_else(|| untried.iter().find(|c| !skips(worker, c)).map(|c| (c.unit, c.vendor)))
                 .unwrap_or((0, 0));
             Choice::Route {
-                unit,
-                vendor,
-                ticket: None,
-                forced: true,
+                attempt: Attempt {
+                    unit,
+                    vendor,
+                    ticket: None,
+                    forced: true,
+                },
                 transition: None,
             }
         }
     }
 }
 
-/// Smooth-enough weighted round robin: turn `n` lands on the vendor whose
+/// Smooth-enough weighted round robin: turn `n` lands on the candidate whose
 /// cumulative weight range holds `n mod total`.
-fn weighted_pick(candidates: &[(Cand, u32, Candidate)], turn: &mut u64) -> usize {
-    if candidates.len() <= 1 {
+fn weighted_pick(standing: &[(&Candidate, Standing)], turn: &mut u64) -> usize {
+    if standing.len() <= 1 {
         return 0;
     }
-    let total: u64 = candidates.iter().map(|c| u64::from(c.1)).sum();
+    let total: u64 = standing.iter().map(|(c, _)| u64::from(c.weight)).sum();
     let mut slot = *turn % total.max(1);
     *turn = turn.wrapping_add(1);
-    for (i, c) in candidates.iter().enumerate() {
-        let w = u64::from(c.1);
+    for (i, (c, _)) in standing.iter().enumerate() {
+        let w = u64::from(c.weight);
         if slot < w {
             return i;
         }
@@ -333,7 +312,9 @@ fn weighted_pick(candidates: &[(Cand, u32, Candidate)], turn: &mut u64) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::config::Config;
     use crate::policy::health::{Phase, Verdict};
+    use crate::policy::plan::default_candidates;
     use crate::policy::store::{create_if_missing, load, update, vendor_key, MemoryStore};
 
     struct World {
@@ -377,12 +358,31 @@ mod tests {
 
         /// A choice from whatever the worker's copy holds.
         fn choose_cached(&self, now: u64, worker: &mut Worker) -> Choice {
-            choose(&self.config, &self.rules, &self.keys, &self.store, &mut || now, worker)
+            self.choose_with(&mut || now, worker)
+        }
+
+        fn shared(&self) -> Shared<'_, MemoryStore> {
+            Shared {
+                rules: &self.rules,
+                keys: &self.keys,
+                store: &self.store,
+            }
+        }
+
+        /// The vendors' pass-through units, as a request with no body asks.
+        fn choose_with(&self, clock: &mut dyn FnMut() -> u64, worker: &mut Worker) -> Choice {
+            let candidates = default_candidates(&self.config);
+            choose(
+                &Ask::first(&candidates, self.config.all_down),
+                &self.shared(),
+                clock,
+                worker,
+            )
         }
 
         fn name(&self, choice: &Choice) -> &str {
             match choice {
-                Choice::Route { vendor, .. } => &self.config.vendors[*vendor].name,
+                Choice::Route { attempt, .. } => &self.config.vendors[attempt.vendor].name,
                 Choice::Reject { .. } => "(rejected)",
                 Choice::Nothing => "(nothing)",
             }
@@ -473,26 +473,24 @@ mod tests {
         let w = World::new(THREE);
         w.eject(0, 10_000);
         let mut worker = w.worker();
-        let cands = default_cands(&w.config);
+        let candidates = default_candidates(&w.config);
+        let provisional = Ask {
+            claim_probes: false,
+            ..Ask::first(&candidates, AllDown::Soonest)
+        };
         for _ in 0..5 {
-            let c = choose_from(
-                &cands,
-                AllDown::Soonest,
-                &w.rules,
-                &w.keys,
-                &w.store,
-                &mut || 10_000,
-                &mut worker,
-                &[],
-                false,
-            );
+            let c = choose(&provisional, &w.shared(), &mut || 10_000, &mut worker);
             assert_eq!(w.name(&c), "openai");
         }
         // All three slots are still there for the real choices.
         let mut probes = 0;
         for _ in 0..5 {
             if let Choice::Route {
-                ticket: Some(Ticket { probe: true, .. }),
+                attempt:
+                    Attempt {
+                        ticket: Some(Ticket { probe: true, .. }),
+                        ..
+                    },
                 ..
             } = w.choose(10_000, &mut worker)
             {
@@ -512,8 +510,12 @@ mod tests {
         for round in 0..5 {
             for turn in turns.iter_mut() {
                 if let Choice::Route {
-                    vendor: 0,
-                    ticket: Some(t),
+                    attempt:
+                        Attempt {
+                            vendor: 0,
+                            ticket: Some(t),
+                            ..
+                        },
                     ..
                 } = w.choose(10_000 + round, turn)
                 {
@@ -556,8 +558,11 @@ mod tests {
         assert!(matches!(
             c,
             Choice::Route {
-                forced: true,
-                ticket: None,
+                attempt: Attempt {
+                    forced: true,
+                    ticket: None,
+                    ..
+                },
                 ..
             }
         ));
@@ -608,8 +613,11 @@ mod tests {
         assert!(matches!(
             w.choose(0, &mut turn),
             Choice::Route {
-                ticket: None,
-                forced: true,
+                attempt: Attempt {
+                    ticket: None,
+                    forced: true,
+                    ..
+                },
                 ..
             }
         ));
@@ -642,7 +650,7 @@ mod tests {
                 clock_reads += 1;
                 0
             };
-            let c = choose(&w.config, &w.rules, &w.keys, &w.store, &mut clock, &mut worker);
+            let c = w.choose_with(&mut clock, &mut worker);
             assert_eq!(w.name(&c), "anthropic");
         }
         assert_eq!(w.store.reads.get(), reads, "no shared-data read");
@@ -664,7 +672,10 @@ mod tests {
         assert!(matches!(
             c,
             Choice::Route {
-                ticket: Some(Ticket { probe: true, .. }),
+                attempt: Attempt {
+                    ticket: Some(Ticket { probe: true, .. }),
+                    ..
+                },
                 ..
             }
         ));
@@ -682,8 +693,11 @@ mod tests {
         assert!(matches!(
             c,
             Choice::Route {
-                vendor: 0,
-                ticket: Some(Ticket { generation: 0, .. }),
+                attempt: Attempt {
+                    vendor: 0,
+                    ticket: Some(Ticket { generation: 0, .. }),
+                    ..
+                },
                 ..
             }
         ));
@@ -715,7 +729,11 @@ mod tests {
         let c = w.choose(0, &mut turn);
         assert_eq!(w.name(&c), "anthropic");
         // ...and the outcome repairs it.
-        if let Choice::Route { ticket: Some(t), .. } = c {
+        if let Choice::Route {
+            attempt: Attempt { ticket: Some(t), .. },
+            ..
+        } = c
+        {
             update(&w.store, &w.keys[0], w.rules.window, |s| {
                 s.record(0, Verdict::Success, t, &w.rules)
             })

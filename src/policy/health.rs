@@ -204,7 +204,7 @@ impl fmt::Display for Transition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Availability {
     /// Closed: route freely.
-    Open(Ticket),
+    Routable(Ticket),
     /// A probe slot may be free: must be claimed with `claim_probe`.
     Probe,
     /// Ejected or probing at full budget; back at `due_ms` at the earliest.
@@ -254,7 +254,7 @@ impl VendorState {
             return Availability::Unavailable { due_ms };
         }
         match self.phase {
-            Phase::Closed => Availability::Open(Ticket {
+            Phase::Closed => Availability::Routable(Ticket {
                 generation: self.generation,
                 probe: false,
                 quiet: self.is_quiet(now_ms),
@@ -563,7 +563,7 @@ mod tests {
 
     fn ticket(s: &VendorState) -> Ticket {
         match s.availability(0, &rules()) {
-            Availability::Open(t) => t,
+            Availability::Routable(t) => t,
             other => panic!("not closed: {other:?}"),
         }
     }
@@ -827,7 +827,7 @@ mod tests {
         close(&mut s, 30_000);
         assert_eq!(s.window.totals(30_000).requests(), 0);
         assert_eq!(s.consecutive_failures, 0);
-        assert_eq!(s.availability(30_000, &r), Availability::Open(ticket(&s)));
+        assert_eq!(s.availability(30_000, &r), Availability::Routable(ticket(&s)));
     }
 
     /// A vendor that fails every other request must not flap: each relapse
@@ -847,7 +847,7 @@ mod tests {
             coin = !coin;
             let verdict = if coin { Verdict::Failure } else { Verdict::Success };
             let t = match s.availability(now, &r) {
-                Availability::Open(t) => t,
+                Availability::Routable(t) => t,
                 Availability::Probe => match s.claim_probe(now, &r) {
                     Some((t, change)) => {
                         changes += usize::from(change.is_some());
@@ -938,7 +938,7 @@ mod tests {
         );
         assert_eq!(s.availability(2_999, &r), Availability::Unavailable { due_ms: 3_000 });
         assert_eq!(s.effective_kind(2_999), PhaseKind::RateLimited);
-        assert!(matches!(s.availability(3_000, &r), Availability::Open(_)));
+        assert!(matches!(s.availability(3_000, &r), Availability::Routable(_)));
         assert_eq!(s.window.totals(3_000).requests(), 0, "not counted as an outcome");
         assert_eq!((s.phase, s.level, s.consecutive_failures), (Phase::Closed, 0, 0));
         // A second 429 extends it without a new state change.

@@ -2,15 +2,20 @@
 //! the proxy saw, the time and the shared store (all passed in).
 
 pub mod adapt;
+pub mod answer;
 pub mod batch;
 pub mod choice;
 pub mod classify;
 pub mod codec;
 pub mod config;
 pub mod health;
+pub mod journey;
 pub mod notify;
+pub mod observe;
+pub mod outbound;
 pub mod plan;
 pub mod ratelimit;
+pub mod record;
 pub mod reply;
 pub mod rescue;
 pub mod sse;

@@ -1,23 +1,43 @@
 //! Which health units may serve a request, in which order, and what to send
-//! each: the model name, the path.
+//! each (the model name, the path): its candidates, and the attempts made
+//! on them.
 //!
 //! A requested model that a route group lists gets that group's targets, in
 //! the group's order. Any other request goes to every vendor that serves
 //! its API format, by priority and weight; a vendor with a model map serves
 //! only the models it maps (or every model, through a `"*"` entry).
 
-use crate::policy::choice::Cand;
 use crate::policy::config::{Config, Format};
+use crate::policy::health::Ticket;
 
-/// One way to serve a request, and how to ask for it.
+/// One way to serve a request: a health unit on a vendor, at a preference
+/// level (lower first; candidates are kept sorted by it), with a weight
+/// inside its level, and how to ask it. A route group's configured
+/// `Target`s become candidates for the requests they serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Planned {
-    pub cand: Cand,
+pub struct Candidate {
+    pub unit: usize,
+    pub vendor: usize,
+    pub level: u32,
+    pub weight: u32,
     /// The model to ask for; `None`: the requested one, unchanged.
     pub model: Option<String>,
     /// The path to send; `None`: the client's.
     pub path: Option<String>,
     pub context_window: Option<u64>,
+}
+
+/// A candidate tried: where a request went, carried until its outcome is
+/// recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub unit: usize,
+    pub vendor: usize,
+    /// `None` when the outcome must not feed the unit's health: the request
+    /// was forced onto an ejected unit, or its state could not be read.
+    pub ticket: Option<Ticket>,
+    /// Every candidate was ejected and the request was sent anyway.
+    pub forced: bool,
 }
 
 /// Why no vendor serves a request.
@@ -29,7 +49,7 @@ pub enum Unserved {
 
 /// The candidates for a request in `format` (if it is one the filter
 /// knows) asking for `model`.
-pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Result<Vec<Planned>, Unserved> {
+pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Result<Vec<Candidate>, Unserved> {
     let path_for = |vendor: usize| -> Option<Option<String>> {
         let v = config.vendors.get(vendor)?;
         match format {
@@ -41,13 +61,11 @@ pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Res
     if let Some(group) = model.and_then(|m| config.groups.iter().find(|g| g.models.iter().any(|gm| gm == m))) {
         for (level, t) in group.targets.iter().enumerate() {
             let Some(path) = path_for(t.vendor) else { continue };
-            out.push(Planned {
-                cand: Cand {
-                    unit: t.unit,
-                    vendor: t.vendor,
-                    level: level as u32,
-                    weight: 1,
-                },
+            out.push(Candidate {
+                unit: t.unit,
+                vendor: t.vendor,
+                level: level as u32,
+                weight: 1,
                 model: t.model.clone(),
                 path,
                 context_window: t.context_window,
@@ -81,13 +99,11 @@ pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Res
                     None => continue,
                 },
             };
-            out.push(Planned {
-                cand: Cand {
-                    unit,
-                    vendor,
-                    level: v.priority,
-                    weight: v.weight,
-                },
+            out.push(Candidate {
+                unit,
+                vendor,
+                level: v.priority,
+                weight: v.weight,
                 model: mapped,
                 path,
                 context_window: None,
@@ -100,6 +116,36 @@ pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Res
     Ok(out)
 }
 
+/// The candidates when nothing narrows them: every vendor's pass-through
+/// unit, by priority then config order, weighted, asked unchanged.
+pub fn default_candidates(config: &Config) -> Vec<Candidate> {
+    config
+        .by_preference
+        .iter()
+        .filter_map(|&vendor| {
+            let v = config.vendors.get(vendor)?;
+            Some(Candidate {
+                unit: vendor,
+                vendor,
+                level: v.priority,
+                weight: v.weight,
+                model: None,
+                path: None,
+                context_window: None,
+            })
+        })
+        .collect()
+}
+
+/// The candidates for a request routed at its headers, before any body is
+/// read: by format alone; every vendor when none serves the format.
+pub fn at_headers(config: &Config, format: Option<Format>) -> Vec<Candidate> {
+    match plan(config, format, None) {
+        Ok(candidates) if !candidates.is_empty() => candidates,
+        _ => default_candidates(config),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,10 +154,10 @@ mod tests {
         Config::parse_with_env(json.as_bytes(), &|_| None).unwrap()
     }
 
-    fn names(c: &Config, p: &[Planned]) -> Vec<String> {
+    fn names(c: &Config, p: &[Candidate]) -> Vec<String> {
         p.iter()
             .map(|x| {
-                let v = &c.vendors[x.cand.vendor].name;
+                let v = &c.vendors[x.vendor].name;
                 format!("{v}:{}", x.model.as_deref().unwrap_or("="))
             })
             .collect()
@@ -140,7 +186,7 @@ mod tests {
         assert_eq!(names(&c, &p), ["anthropic:claude-opus-4-1", "openai:gpt-4.1"]);
         assert_eq!(p[1].path.as_deref(), Some("/openai/v1/chat/completions"));
         assert_eq!(p[1].context_window, Some(1_000_000));
-        assert_eq!((p[0].cand.level, p[1].cand.level), (0, 1));
+        assert_eq!((p[0].level, p[1].level), (0, 1));
         // The same group asked in Anthropic's format: openai does not speak it.
         let p = plan(&c, Some(Format::Anthropic), Some("opus")).unwrap();
         assert_eq!(names(&c, &p), ["anthropic:claude-opus-4-1"]);
@@ -160,7 +206,7 @@ mod tests {
         assert_eq!(names(&c, &p), ["openai:gpt-4.1", "xai:="]);
         // Units: a mapped model has its own; pass-through uses the vendor's.
         let p = plan(&c, Some(Format::OpenAi), Some("claude-sonnet")).unwrap();
-        let units: Vec<_> = p.iter().map(|x| c.units[x.cand.unit].model.clone()).collect();
+        let units: Vec<_> = p.iter().map(|x| c.units[x.unit].model.clone()).collect();
         assert_eq!(
             units,
             [Some("claude-sonnet-4-5".to_string()), Some("gpt-4.1".to_string()), None]
@@ -188,9 +234,6 @@ mod tests {
     fn plain_configs_plan_like_before() {
         let c = config(r#"{"vendors":[{"name":"a"},{"name":"b","priority":1,"weight":3}]}"#);
         let p = plan(&c, Some(Format::OpenAi), Some("anything")).unwrap();
-        assert_eq!(
-            p.iter().map(|x| x.cand).collect::<Vec<_>>(),
-            crate::policy::choice::default_cands(&c)
-        );
+        assert_eq!(p, default_candidates(&c));
     }
 }

@@ -7,20 +7,9 @@
 //! callout, as many times as `rescue.max_attempts` and `rescue.deadline`
 //! allow; the client then receives the first answer that is not a failure.
 
-use crate::policy::choice::Cand;
 use crate::policy::classify::Outcome;
 use crate::policy::config::{Format, Rescue};
-use crate::policy::health::Ticket;
-use crate::policy::plan::Planned;
-
-/// One attempt: which plan entry, and what its outcome must be recorded with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
-    pub planned: usize,
-    pub unit: usize,
-    pub vendor: usize,
-    pub ticket: Option<Ticket>,
-}
+use crate::policy::plan::{Attempt, Candidate};
 
 /// Why an attempt's answer is not the one the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,14 +34,15 @@ pub fn moves(outcome: &Outcome) -> Option<Move> {
 pub struct Flight {
     pub format: Option<Format>,
     pub stream: bool,
-    pub plan: Vec<Planned>,
+    /// The request's candidates, by preference.
+    pub plan: Vec<Candidate>,
     pub attempts: Vec<Attempt>,
     pub deadline_ms: u64,
     pub max_attempts: u32,
 }
 
 impl Flight {
-    pub fn new(format: Option<Format>, stream: bool, plan: Vec<Planned>, started_ms: u64, rescue: &Rescue) -> Self {
+    pub fn new(format: Option<Format>, stream: bool, plan: Vec<Candidate>, started_ms: u64, rescue: &Rescue) -> Self {
         Flight {
             format,
             stream,
@@ -67,39 +57,40 @@ impl Flight {
         self.attempts.last()
     }
 
-    pub fn current_plan(&self) -> Option<&Planned> {
-        self.plan.get(self.current()?.planned)
+    /// The candidate the current attempt tries.
+    pub fn current_candidate(&self) -> Option<&Candidate> {
+        let a = self.current()?;
+        self.plan.iter().find(|c| c.unit == a.unit && c.vendor == a.vendor)
     }
 
     pub fn tried_units(&self) -> Vec<usize> {
         self.attempts.iter().map(|a| a.unit).collect()
     }
 
-    /// Records the attempt about to be made on the plan entry for `unit`.
-    pub fn start(&mut self, unit: usize, vendor: usize, ticket: Option<Ticket>) -> Option<&Planned> {
-        let planned = self
+    /// Records an attempt about to be made on one of the candidates; the
+    /// candidate it tries.
+    pub fn start(&mut self, attempt: Attempt) -> Option<&Candidate> {
+        let at = self
             .plan
             .iter()
-            .position(|p| p.cand.unit == unit && p.cand.vendor == vendor)?;
-        self.attempts.push(Attempt {
-            planned,
-            unit,
-            vendor,
-            ticket,
-        });
-        self.plan.get(planned)
+            .position(|c| c.unit == attempt.unit && c.vendor == attempt.vendor)?;
+        self.attempts.push(attempt);
+        self.plan.get(at)
     }
 
     /// The candidates a move may go to: untried ones, and after a context
     /// overflow only those declared with a larger window than the one that
     /// overflowed.
-    pub fn next_cands(&self, why: Move) -> Vec<Cand> {
-        let tried = self.tried_units();
-        let floor = self.current_plan().and_then(|p| p.context_window);
+    pub fn next_candidates(&self, why: Move) -> Vec<Candidate> {
+        self.next(why).cloned().collect()
+    }
+
+    fn next(&self, why: Move) -> impl Iterator<Item = &Candidate> {
+        let floor = self.current_candidate().and_then(|p| p.context_window);
         self.plan
             .iter()
-            .filter(|p| !tried.contains(&p.cand.unit))
-            .filter(|p| match why {
+            .filter(|p| !self.attempts.iter().any(|a| a.unit == p.unit))
+            .filter(move |p| match why {
                 Move::Failure => true,
                 Move::ContextOverflow => match (p.context_window, floor) {
                     (Some(w), Some(f)) => w > f,
@@ -107,15 +98,11 @@ impl Flight {
                     (None, _) => false,
                 },
             })
-            .map(|p| p.cand)
-            .collect()
     }
 
     /// Whether another attempt may start at `now_ms` for this reason.
     pub fn may_move(&self, why: Move, now_ms: u64) -> bool {
-        (self.attempts.len() as u32) < self.max_attempts
-            && now_ms < self.deadline_ms
-            && !self.next_cands(why).is_empty()
+        (self.attempts.len() as u32) < self.max_attempts && now_ms < self.deadline_ms && self.next(why).next().is_some()
     }
 
     /// Milliseconds an attempt started at `now_ms` may take.
@@ -134,22 +121,29 @@ mod tests {
     use super::*;
     use crate::policy::classify::Reason;
 
-    fn planned(unit: usize, window: Option<u64>) -> Planned {
-        Planned {
-            cand: Cand {
-                unit,
-                vendor: unit,
-                level: unit as u32,
-                weight: 1,
-            },
+    fn candidate(unit: usize, window: Option<u64>) -> Candidate {
+        Candidate {
+            unit,
+            vendor: unit,
+            level: unit as u32,
+            weight: 1,
             model: None,
             path: None,
             context_window: window,
         }
     }
 
+    fn attempt(unit: usize) -> Attempt {
+        Attempt {
+            unit,
+            vendor: unit,
+            ticket: None,
+            forced: false,
+        }
+    }
+
     fn flight(windows: &[Option<u64>]) -> Flight {
-        let plan = windows.iter().enumerate().map(|(u, w)| planned(u, *w)).collect();
+        let plan = windows.iter().enumerate().map(|(u, w)| candidate(u, *w)).collect();
         let rescue = Rescue {
             max_attempts: 3,
             deadline_ms: 10_000,
@@ -178,14 +172,20 @@ mod tests {
     #[test]
     fn failures_move_to_every_untried_candidate_in_order() {
         let mut f = flight(&[None, None, None]);
-        f.start(0, 0, None);
+        f.start(attempt(0));
         assert_eq!(
-            f.next_cands(Move::Failure).iter().map(|c| c.unit).collect::<Vec<_>>(),
+            f.next_candidates(Move::Failure)
+                .iter()
+                .map(|c| c.unit)
+                .collect::<Vec<_>>(),
             [1, 2]
         );
-        f.start(2, 2, None);
+        f.start(attempt(2));
         assert_eq!(
-            f.next_cands(Move::Failure).iter().map(|c| c.unit).collect::<Vec<_>>(),
+            f.next_candidates(Move::Failure)
+                .iter()
+                .map(|c| c.unit)
+                .collect::<Vec<_>>(),
             [1]
         );
         assert_eq!(f.tried_vendors(), [0, 2]);
@@ -194,12 +194,16 @@ mod tests {
     #[test]
     fn an_overflow_moves_only_to_a_larger_window() {
         let mut f = flight(&[Some(8_000), Some(4_000), None, Some(128_000)]);
-        f.start(0, 0, None);
-        let next: Vec<_> = f.next_cands(Move::ContextOverflow).iter().map(|c| c.unit).collect();
+        f.start(attempt(0));
+        let next: Vec<_> = f
+            .next_candidates(Move::ContextOverflow)
+            .iter()
+            .map(|c| c.unit)
+            .collect();
         assert_eq!(next, [3]);
         // Nothing larger declared: no move.
         let mut f = flight(&[Some(8_000), None]);
-        f.start(0, 0, None);
+        f.start(attempt(0));
         assert!(!f.may_move(Move::ContextOverflow, 1_000));
         assert!(f.may_move(Move::Failure, 1_000));
     }
@@ -207,11 +211,11 @@ mod tests {
     #[test]
     fn attempts_and_deadline_bound_the_journey() {
         let mut f = flight(&[None, None, None, None]);
-        f.start(0, 0, None);
+        f.start(attempt(0));
         assert!(f.may_move(Move::Failure, 10_999));
         assert!(!f.may_move(Move::Failure, 11_000), "deadline: 1 s start + 10 s");
-        f.start(1, 1, None);
-        f.start(2, 2, None);
+        f.start(attempt(1));
+        f.start(attempt(2));
         assert!(!f.may_move(Move::Failure, 2_000), "three attempts made");
         assert_eq!(f.time_left(4_000), 7_000);
     }

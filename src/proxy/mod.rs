@@ -1,16 +1,20 @@
-//! The proxy adapter: everything that talks to Envoy.
+//! The proxy adapter: everything that talks to Envoy. Each callback asks
+//! the policy and maps its answer to host calls, all made through `Host`.
 
 pub mod abi;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fake;
+pub mod host;
+pub mod plugin;
+pub mod rescue;
+pub mod root;
+pub mod sdk;
+pub mod stats;
+pub mod stream;
+#[cfg(test)]
+mod tests;
 #[cfg(target_arch = "wasm32")]
-mod filter;
-#[cfg(target_arch = "wasm32")]
-mod host;
-#[cfg(target_arch = "wasm32")]
-mod journey;
-#[cfg(target_arch = "wasm32")]
-mod metrics;
+pub mod wasm;
 
 #[cfg(target_arch = "wasm32")]
-pub fn register() {
-    filter::register();
-}
+pub use sdk::register;

@@ -1,0 +1,256 @@
+//! A request the filter holds on to (one in a known API format that may be
+//! adapted and rescued): whether to hold it, where it stands, and what it
+//! carries for a rescue.
+
+use crate::policy::config::{Config, Format};
+use crate::policy::plan::Candidate;
+use crate::policy::rescue::{Flight, Move};
+use crate::policy::sse::Scanner;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// How long a request may sit in its headers without its body arriving
+/// before the filter concludes Envoy does not hand it bodies.
+pub const BODY_WAIT_MS: u64 = 1_000;
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Headers held until the body is complete.
+    Buffering { since_ms: u64 },
+    /// The first attempt is with Envoy's router.
+    Routed,
+    /// A 200 stream's headers are held until its first event.
+    Peeking,
+    /// A 400 is held until its body says whether the context overflowed.
+    Inspecting,
+    /// Being rescued with callouts; anything the router still sends is held.
+    Rescuing,
+    /// The filter answers the client itself (a rescue's answer, or its own
+    /// error); that answer passes through this stream's encoders untouched.
+    Replying,
+    /// The router's answer goes to the client.
+    Passed,
+}
+
+/// What the response callbacks do while the filter answers the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aside {
+    /// The filter's own answer: let it by.
+    LetBy,
+    /// The router's answer, which the filter's replaces: hold it.
+    Hold,
+}
+
+impl Stage {
+    /// `Some` while the filter answers the client itself: the response
+    /// callbacks then stay out of the way.
+    pub fn aside(self) -> Option<Aside> {
+        match self {
+            Stage::Replying => Some(Aside::LetBy),
+            Stage::Rescuing => Some(Aside::Hold),
+            _ => None,
+        }
+    }
+
+    /// Whether the request's attempts were recorded as they ended, so its
+    /// stream's end records nothing more.
+    pub fn recorded_already(self) -> bool {
+        matches!(self, Stage::Rescuing | Stage::Replying)
+    }
+}
+
+pub struct Journey {
+    pub ctx: u32,
+    pub stage: Stage,
+    pub format: Option<Format>,
+    pub flight: Flight,
+    /// The client's request headers and body, as they arrived.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// When a streamed answer must have shown its first event.
+    pub first_token_deadline: Option<u64>,
+    /// The vendor the request was routed to at its headers, and how.
+    pub at_headers: Option<(usize, Option<Candidate>)>,
+    /// Reads a held stream's first event.
+    pub peek: Option<Scanner>,
+    /// Bytes of the held stream already fed to `peek`.
+    pub peek_fed: usize,
+}
+
+pub type JourneyRef = Rc<RefCell<Journey>>;
+
+impl Journey {
+    pub fn new(
+        ctx: u32,
+        now_ms: u64,
+        format: Option<Format>,
+        headers: Vec<(String, Vec<u8>)>,
+        config: &Config,
+    ) -> Self {
+        Journey {
+            ctx,
+            stage: Stage::Buffering { since_ms: now_ms },
+            format,
+            flight: Flight::new(format, false, Vec::new(), now_ms, &config.rescue),
+            headers,
+            body: Vec::new(),
+            first_token_deadline: None,
+            at_headers: None,
+            peek: None,
+            peek_fed: 0,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+    }
+
+    /// A first attempt whose stream has not shown its first event in time.
+    pub fn first_token_late(&self, now_ms: u64) -> bool {
+        matches!(self.stage, Stage::Routed | Stage::Peeking)
+            && self.first_token_deadline.is_some_and(|d| now_ms >= d)
+            && self.flight.may_move(Move::Failure, now_ms)
+    }
+
+    /// Held in its headers for longer than a body takes to arrive.
+    pub fn body_overdue(&self, now_ms: u64) -> bool {
+        matches!(self.stage, Stage::Buffering { since_ms } if now_ms.saturating_sub(since_ms) >= BODY_WAIT_MS)
+    }
+}
+
+/// What the filter knows of a request at its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub format: Option<Format>,
+    /// Its `content-length`, if it declared one.
+    pub declared_len: Option<u64>,
+    /// The request has no body.
+    pub end_of_stream: bool,
+}
+
+/// Whether a request is held for its body before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intake {
+    pub hold: bool,
+    /// In a known format, but declared larger than the filter holds.
+    pub too_large: bool,
+}
+
+/// Whether any request needs its body read before routing: model routing,
+/// rewriting or rescue is configured.
+pub fn reads_bodies(config: &Config) -> bool {
+    config.rescue.max_attempts > 1 || !config.groups.is_empty() || config.vendors.iter().any(|v| v.models.is_some())
+}
+
+/// Decides at a request's headers whether to hold it for its body.
+/// `bodies_wanted`: some feature needs bodies (`reads_bodies`) and Envoy
+/// hands them to the filter.
+pub fn intake(arrival: &Arrival, max_body_bytes: u64, bodies_wanted: bool) -> Intake {
+    let too_large = arrival.format.is_some() && arrival.declared_len.is_some_and(|n| n > max_body_bytes);
+    let hold = arrival.format.is_some() && !arrival.end_of_stream && !too_large && bodies_wanted;
+    Intake { hold, too_large }
+}
+
+/// What a chunk of a held request's body means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyStep {
+    /// More is coming: keep holding.
+    Wait,
+    /// Larger than the filter holds: let it go as routed at its headers.
+    TooLarge,
+    /// The whole body is here: route by it.
+    Complete,
+}
+
+pub fn body_step(buffered: usize, end_of_stream: bool, config: &Config) -> BodyStep {
+    if (buffered as u64) > config.rescue.max_body_bytes {
+        BodyStep::TooLarge
+    } else if !end_of_stream {
+        BodyStep::Wait
+    } else {
+        BodyStep::Complete
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> Config {
+        Config::parse_with_env(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn holds_only_known_formats_with_a_body_when_a_feature_needs_it() {
+        let c = config(r#"{"vendors":[{"name":"a"},{"name":"b"}]}"#);
+        let arrival = |format, declared_len, end_of_stream| Arrival {
+            format,
+            declared_len,
+            end_of_stream,
+        };
+        let max = c.rescue.max_body_bytes;
+        let held = |a: Arrival| intake(&a, max, reads_bodies(&c)).hold;
+        assert!(held(arrival(Some(Format::OpenAi), Some(100), false)));
+        assert!(held(arrival(Some(Format::Anthropic), None, false)));
+        assert!(!held(arrival(None, Some(100), false)), "unknown path");
+        assert!(!held(arrival(Some(Format::OpenAi), None, true)), "no body");
+        let big = intake(&arrival(Some(Format::OpenAi), Some(10_000_000), false), max, true);
+        assert_eq!(
+            big,
+            Intake {
+                hold: false,
+                too_large: true
+            }
+        );
+        assert!(!intake(&arrival(Some(Format::OpenAi), Some(1), false), max, false).hold);
+        // Nothing needs the body: rescue off, no groups, no model maps.
+        let plain = config(r#"{"vendors":[{"name":"a"}],"rescue":{"max_attempts":1}}"#);
+        assert!(!reads_bodies(&plain));
+        assert!(reads_bodies(&c));
+    }
+
+    #[test]
+    fn body_steps() {
+        let c = config(r#"{"vendors":[{"name":"a"}],"rescue":{"max_body_bytes":10}}"#);
+        assert_eq!(body_step(5, false, &c), BodyStep::Wait);
+        assert_eq!(body_step(10, true, &c), BodyStep::Complete);
+        assert_eq!(body_step(11, false, &c), BodyStep::TooLarge);
+    }
+
+    #[test]
+    fn stages_that_answer_aside() {
+        assert_eq!(Stage::Replying.aside(), Some(Aside::LetBy));
+        assert_eq!(Stage::Rescuing.aside(), Some(Aside::Hold));
+        assert_eq!(Stage::Routed.aside(), None);
+        assert!(Stage::Rescuing.recorded_already());
+        assert!(!Stage::Passed.recorded_already());
+    }
+
+    #[test]
+    fn overdue_bodies_and_late_first_tokens() {
+        let c = config(r#"{"vendors":[{"name":"a"},{"name":"b"}]}"#);
+        let mut j = Journey::new(1, 1_000, Some(Format::OpenAi), vec![], &c);
+        assert!(!j.body_overdue(1_999));
+        assert!(j.body_overdue(2_000));
+        j.stage = Stage::Routed;
+        j.first_token_deadline = Some(1_500);
+        j.flight = Flight::new(
+            Some(Format::OpenAi),
+            true,
+            crate::policy::plan::plan(&c, Some(Format::OpenAi), None).unwrap(),
+            1_000,
+            &c.rescue,
+        );
+        j.flight.start(crate::policy::plan::Attempt {
+            unit: 0,
+            vendor: 0,
+            ticket: None,
+            forced: false,
+        });
+        assert!(!j.first_token_late(1_499));
+        assert!(j.first_token_late(1_500));
+        j.stage = Stage::Passed;
+        assert!(!j.first_token_late(1_500), "content already reached the client");
+    }
+}

@@ -1,0 +1,510 @@
+//! One configured filter in one worker VM, shared by its streams: the
+//! worker's copy of the shared state, its batches and stats; recording an
+//! attempt's outcome, choosing for a request, and telling other workers.
+
+use crate::policy::batch::Batch;
+use crate::policy::choice::{self, Ask, Choice, Shared, Worker};
+use crate::policy::classify::{Outcome, Reason};
+use crate::policy::config::{AllDown, Config, Format};
+use crate::policy::health::{PhaseKind, Rules, Transition, VendorState};
+use crate::policy::journey::{self, JourneyRef, Stage};
+use crate::policy::notify;
+use crate::policy::plan::{Attempt, Candidate};
+use crate::policy::record::{self, Before, Recording};
+use crate::policy::reply;
+use crate::policy::store::{self, Loaded, StoreError};
+use crate::proxy::host::{Host, Map, BAD_ARGUMENT};
+use crate::proxy::stats::{self, GlobalStats, VendorStats};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+/// How often a worker looks again for vendor clusters Envoy did not have.
+pub const CLUSTER_RECHECK_MS: u64 = 5_000;
+
+/// Health state is kept per unit (a vendor, or a vendor and one of its
+/// models: see `config::Unit`); stats per vendor.
+pub struct Plugin<H: Host> {
+    pub host: H,
+    pub config: Config,
+    pub rules: Rules,
+    /// Shared-data key of each unit.
+    pub keys: Vec<String>,
+    vendor_stats: Vec<VendorStats>,
+    pub stats: GlobalStats,
+    /// Round robin, missing clusters and the copy of the shared state.
+    pub worker: RefCell<Worker>,
+    /// The latest clock reading on this worker (ms); batched successes are
+    /// placed in the window by it, so they may land up to one tick early.
+    clock_ms: Cell<u64>,
+    pub next_cluster_check_ms: Cell<u64>,
+    pub next_refresh_ms: Cell<u64>,
+    /// Quiet successes not yet written, per unit.
+    batches: RefCell<Vec<Batch>>,
+    /// Finished attempts per vendor not yet added to the `requests` counters.
+    unreported: RefCell<Vec<u64>>,
+    /// This VM's notification queue.
+    pub queue: Cell<Option<u32>>,
+    /// Requests of this worker that may still need rescuing, by context id.
+    pub journeys: RefCell<HashMap<u32, JourneyRef>>,
+    /// Rescue callouts in flight: token -> the context of their request.
+    pub callouts: RefCell<HashMap<u32, u32>>,
+    /// Envoy does not give the filter request bodies (see `rescue::release_stuck`).
+    pub no_body_access: Cell<bool>,
+    /// Whether any request needs its body read before routing.
+    pub reads_bodies: bool,
+}
+
+impl<H: Host> Plugin<H> {
+    pub fn new(host: H, config: Config) -> Result<Self, String> {
+        let rules = Rules::from_config(&config);
+        let n = config.vendors.len();
+        let units = config.units.len();
+        let keys = config
+            .units
+            .iter()
+            .map(|u| store::vendor_key(&unit_name(&config, u.vendor, u.model.as_deref()), config.window))
+            .collect();
+        let vendor_stats = config
+            .vendors
+            .iter()
+            .map(|v| VendorStats::define(&host, &v.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stats = GlobalStats::define(&host)?;
+        Ok(Plugin {
+            reads_bodies: journey::reads_bodies(&config),
+            host,
+            rules,
+            keys,
+            vendor_stats,
+            stats,
+            worker: RefCell::new(Worker::new(units, n)),
+            clock_ms: Cell::new(0),
+            next_cluster_check_ms: Cell::new(0),
+            next_refresh_ms: Cell::new(0),
+            batches: RefCell::new(vec![Batch::default(); units]),
+            unreported: RefCell::new(vec![0; n]),
+            queue: Cell::new(None),
+            journeys: RefCell::new(HashMap::new()),
+            callouts: RefCell::new(HashMap::new()),
+            no_body_access: Cell::new(false),
+            config,
+        })
+    }
+
+    /// Reads the clock, and remembers the reading.
+    pub fn now(&self) -> u64 {
+        let t = self.host.now_ms();
+        self.clock_ms.set(t);
+        t
+    }
+
+    /// The latest clock reading, without a host call.
+    pub fn last_now(&self) -> u64 {
+        self.clock_ms.get()
+    }
+
+    pub fn add(&self, id: u32, n: u64) {
+        stats::add(&self.host, id, n);
+    }
+
+    pub fn vendor_name(&self, vendor: usize) -> &str {
+        self.config.vendors.get(vendor).map_or("?", |v| v.name.as_str())
+    }
+
+    fn unit_vendor(&self, unit: usize) -> usize {
+        self.config.units.get(unit).map_or(unit, |u| u.vendor)
+    }
+
+    /// A unit's name for logs: the vendor, and the model if it has its own.
+    pub fn unit_label(&self, unit: usize) -> String {
+        match self.config.units.get(unit) {
+            Some(u) => unit_name(&self.config, u.vendor, u.model.as_deref()),
+            None => "?".into(),
+        }
+    }
+
+    /// Counts one finished attempt in its vendor's stats and records its
+    /// outcome in its unit's health (see `record`).
+    pub fn record(&self, attempt: &Attempt, outcome: Outcome, stream_error: Option<&str>, now_ms: u64) {
+        let (unit, vendor) = (attempt.unit, attempt.vendor);
+        if let Some(n) = self.unreported.borrow_mut().get_mut(vendor) {
+            *n += 1;
+        }
+        if let Some(s) = self.vendor_stats.get(vendor) {
+            if let Some(count) = record::count_of(&outcome) {
+                s.count(&self.host, count, stream_error);
+            }
+            if attempt.forced {
+                self.add(s.forced, 1);
+            }
+        }
+        if !matches!(outcome, Outcome::Success) {
+            log::debug!("vendor {}: {outcome}", self.unit_label(unit));
+        }
+        if outcome == Outcome::Failure(Reason::NoCluster) {
+            self.mark_missing(vendor);
+        }
+        let verdict = outcome.verdict();
+        match record::recording(attempt.ticket, verdict) {
+            Recording::Skip => {}
+            Recording::Batch { generation } => {
+                // No clock read: the worker's latest reading places it.
+                let bucket = record::bucket_of(self.clock_ms.get(), self.rules.window);
+                let full = self
+                    .batches
+                    .borrow_mut()
+                    .get_mut(unit)
+                    .is_some_and(|b| b.add(generation, bucket));
+                if full {
+                    self.write(unit, now_ms.max(self.clock_ms.get()), |_| None);
+                }
+            }
+            Recording::Write(ticket) => {
+                self.write(unit, now_ms, |st| st.record(now_ms, verdict, ticket, &self.rules));
+            }
+        }
+    }
+
+    /// Chooses for `ask` and notes what the choice changed: an ejection
+    /// that ran out, a request forced onto an ejected vendor.
+    pub fn pick(&self, ask: &Ask, clock: &mut dyn FnMut() -> u64) -> Choice {
+        let shared = Shared {
+            rules: &self.rules,
+            keys: &self.keys,
+            store: &self.host,
+        };
+        let choice = choice::choose(ask, &shared, clock, &mut self.worker.borrow_mut());
+        if let Choice::Route { attempt, transition } = &choice {
+            if let Some(t) = transition {
+                self.announce(attempt.unit, t);
+            }
+            // A provisional choice is made again: count the final one only.
+            if attempt.forced && ask.claim_probes {
+                self.add(self.stats.all_down, 1);
+            }
+        }
+        choice
+    }
+
+    /// Logs a phase change (exactly one worker makes each one) and updates stats.
+    pub fn announce(&self, unit: usize, t: &Transition) {
+        log::info!("vendor {}: {}", self.unit_label(unit), t);
+        if let Some(s) = self.vendor_stats.get(self.unit_vendor(unit)) {
+            if t.to == PhaseKind::Open {
+                self.add(s.ejections, 1);
+            }
+            // The state gauge follows the vendor's pass-through unit.
+            if unit < self.config.vendors.len() {
+                stats::set(&self.host, s.state, t.to.gauge());
+            }
+        }
+    }
+
+    pub fn note_store_error(&self, unit: usize, e: &StoreError) {
+        log::debug!("vendor {}: {e}", self.unit_label(unit));
+        self.add(self.stats.store_errors, 1);
+    }
+
+    pub fn count_truncation_closed(&self, vendor: usize) {
+        if let Some(s) = self.vendor_stats.get(vendor) {
+            self.add(s.truncations_closed, 1);
+        }
+    }
+
+    /// Finds out which vendor clusters exist, without sending a request.
+    ///
+    /// The ABI has no call that asks whether a cluster exists, but an HTTP
+    /// callout to an unknown cluster fails at once with `BadArgument`. The
+    /// probe is a CONNECT without `:protocol`, which Envoy's codec refuses to
+    /// encode: at most a TCP connection is opened, no HTTP request reaches the
+    /// vendor. With `only_missing`, only clusters not yet seen are probed.
+    pub fn check_clusters(&self, now_ms: u64, only_missing: bool) {
+        self.next_cluster_check_ms
+            .set(now_ms.saturating_add(CLUSTER_RECHECK_MS));
+        let mut worker = self.worker.borrow_mut();
+        for (i, vendor) in self.config.vendors.iter().enumerate() {
+            let Some(flag) = worker.missing.get_mut(i) else {
+                continue;
+            };
+            if only_missing && !*flag {
+                continue;
+            }
+            let probe = [
+                (":method", "CONNECT"),
+                (":path", "/"),
+                (":authority", "llm-failover-cluster-check"),
+            ];
+            let exists = match self.host.dispatch(&vendor.cluster, &probe, None, 1_000) {
+                Ok(_) => true,
+                Err(e) if e.0 == BAD_ARGUMENT => false,
+                Err(_) => continue,
+            };
+            if exists && *flag {
+                log::info!(
+                    "vendor {}: Envoy cluster {} now exists; vendor in use",
+                    vendor.name,
+                    vendor.cluster
+                );
+            } else if !exists && !*flag {
+                log::warn!(
+                    "vendor {}: Envoy has no cluster named {:?}; the vendor is skipped until it appears",
+                    vendor.name,
+                    vendor.cluster
+                );
+            }
+            *flag = !exists;
+        }
+    }
+
+    pub fn any_cluster_missing(&self) -> bool {
+        self.worker.borrow().missing.iter().any(|&m| m)
+    }
+
+    pub fn mark_missing(&self, vendor: usize) {
+        let mut worker = self.worker.borrow_mut();
+        if let Some(flag) = worker.missing.get_mut(vendor) {
+            if !*flag {
+                log::warn!(
+                    "vendor {}: Envoy has no cluster named {:?}; the vendor is skipped until it appears",
+                    self.vendor_name(vendor),
+                    self.config.vendors.get(vendor).map_or("", |v| v.cluster.as_str())
+                );
+            }
+            *flag = true;
+        }
+    }
+
+    /// Writes one change to a unit's shared state, together with the
+    /// worker's batched successes for it (older, so merged first), and tells
+    /// the other workers when the change matters for routing.
+    fn write(&self, unit: usize, now_ms: u64, step: impl Fn(&mut VendorState) -> Option<Transition>) {
+        let Some(key) = self.keys.get(unit) else {
+            return;
+        };
+        let batched = self
+            .batches
+            .borrow_mut()
+            .get_mut(unit)
+            .map(Batch::take)
+            .unwrap_or_default();
+        let result = store::update(&self.host, key, self.rules.window, |st| {
+            let before = Before::of(st, now_ms);
+            for d in &batched {
+                st.merge(d);
+            }
+            (step(st), before)
+        });
+        match result {
+            Ok(done) => {
+                let (transition, before) = done.result;
+                let matters = record::announce(before, &done.state, now_ms, transition.is_some(), done.reset.is_some());
+                if let Some(why) = done.reset {
+                    log::warn!(
+                        "vendor {}: shared state was unusable ({why}); starting it afresh",
+                        self.unit_label(unit)
+                    );
+                    self.add(self.stats.state_resets, 1);
+                }
+                if let Some(t) = &transition {
+                    self.announce(unit, t);
+                }
+                self.worker.borrow_mut().view.put(unit, done.state, now_ms);
+                if matters {
+                    self.notify(unit);
+                }
+            }
+            Err(e) => {
+                if let Some(b) = self.batches.borrow_mut().get_mut(unit) {
+                    b.restore(batched);
+                }
+                self.note_store_error(unit, &e);
+            }
+        }
+    }
+
+    /// Writes the batched successes and reports the batched request counts.
+    pub fn flush(&self, now_ms: u64) {
+        for unit in 0..self.keys.len() {
+            let pending = self.batches.borrow().get(unit).is_some_and(|b| !b.is_empty());
+            if pending {
+                self.write(unit, now_ms, |_| None);
+            }
+        }
+        let mut unreported = self.unreported.borrow_mut();
+        for (count, s) in unreported.iter_mut().zip(&self.vendor_stats) {
+            stats::add(&self.host, s.requests, std::mem::take(count));
+        }
+    }
+
+    /// Re-reads every unit's shared state into this worker's copy and the gauges.
+    pub fn refresh(&self, now_ms: u64) {
+        for (unit, key) in self.keys.iter().enumerate() {
+            match store::load(&self.host, key, self.rules.window) {
+                Ok(Loaded { state, reset, .. }) => {
+                    // Gauges exist for whole vendors only (the first units).
+                    if let (None, Some(s)) = (reset, self.vendor_stats.get(unit)) {
+                        let totals = state.window.totals(now_ms);
+                        stats::set(&self.host, s.state, state.effective_kind(now_ms).gauge());
+                        stats::set(&self.host, s.window_requests, totals.requests());
+                        stats::set(&self.host, s.window_failures, totals.failures);
+                        stats::set(&self.host, s.window_slow, totals.slow);
+                    }
+                    self.worker.borrow_mut().view.put(unit, state, now_ms);
+                }
+                Err(e) => {
+                    self.worker.borrow_mut().view.forget(unit);
+                    self.note_store_error(unit, &e);
+                }
+            }
+        }
+    }
+
+    /// Creates every unit's shared-data key (a missing key cannot be
+    /// compare-and-swapped).
+    pub fn create_keys(&self) {
+        for (unit, key) in self.keys.iter().enumerate() {
+            if let Err(e) = store::create_if_missing(&self.host, key, self.rules.window) {
+                self.note_store_error(unit, &e);
+            }
+        }
+    }
+
+    /// Opens this VM's notification queue and lists it in the registry.
+    pub fn join_notifications(&self) {
+        let joined = store::update_bytes(&self.host, notify::SEQUENCE_KEY, notify::next_sequence)
+            .map_err(|e| e.to_string())
+            .and_then(|seq| {
+                self.host
+                    .register_queue(&format!("llm_failover.worker.{seq}"))
+                    .map_err(|e| format!("cannot register a shared queue (host status {})", e.0))
+            })
+            .and_then(|token| {
+                store::update_bytes(&self.host, notify::REGISTRY_KEY, |r| (notify::join(r, token), ()))
+                    .map(|()| token)
+                    .map_err(|e| e.to_string())
+            });
+        match joined {
+            Ok(token) => self.queue.set(Some(token)),
+            // Still correct without: this worker then learns of changes on its tick.
+            Err(e) => {
+                log::warn!("cannot join change notifications ({e}); this worker relies on its tick")
+            }
+        }
+    }
+
+    /// Tells every other worker to drop its copy of `unit`.
+    fn notify(&self, unit: usize) {
+        let Some(key) = self.keys.get(unit) else {
+            return;
+        };
+        let Ok(Some((registry, _))) = store::Store::get(&self.host, notify::REGISTRY_KEY) else {
+            return;
+        };
+        let own = self.queue.get();
+        for token in notify::tokens(&registry) {
+            if Some(token) != own {
+                // A token of a VM that is gone fails or is never read: harmless.
+                let _ = self.host.enqueue(token, key.as_bytes());
+            }
+        }
+    }
+
+    /// Drains a notification queue, dropping the copies it names.
+    pub fn on_notified(&self, token: u32) {
+        let mut worker = self.worker.borrow_mut();
+        while let Ok(Some(message)) = self.host.dequeue(token) {
+            if let Some(unit) = self.keys.iter().position(|k| k.as_bytes() == message.as_slice()) {
+                worker.view.forget(unit);
+            }
+        }
+    }
+
+    /// Applies the changes that send the current request to `vendor` as
+    /// `candidate` (see `outbound::edits`).
+    pub fn send_to(
+        &self,
+        vendor: usize,
+        candidate: Option<&Candidate>,
+        format: Option<Format>,
+        client: &[(String, Vec<u8>)],
+    ) {
+        let Some(v) = self.config.vendors.get(vendor) else {
+            return;
+        };
+        for edit in crate::policy::outbound::edits(&self.config.cluster_header, v, candidate, format, client) {
+            let done = match &edit {
+                crate::policy::outbound::Edit::Set(name, value) => {
+                    self.host.set_header(Map::RequestHeaders, name, value)
+                }
+                crate::policy::outbound::Edit::Remove(name) => self.host.remove_header(Map::RequestHeaders, name),
+            };
+            if let Err(e) = done {
+                log::debug!("cannot change request header {edit:?} (host status {})", e.0);
+            }
+        }
+    }
+
+    /// Answers at once: every vendor is ejected and `all_down` is `reject`.
+    pub fn reject(&self, format: Option<Format>, due: &[choice::Due], now_ms: u64, j: Option<&JourneyRef>) {
+        self.add(self.stats.all_down, 1);
+        self.add(self.stats.rejected, 1);
+        let r = reply::unavailable(format, &self.config, due, now_ms, &[]);
+        let retry_after = r.retry_after_s.to_string();
+        let headers: [(&str, &[u8]); 2] = [
+            ("content-type", b"application/json"),
+            ("retry-after", retry_after.as_bytes()),
+        ];
+        let details = "llm_failover_all_vendors_unavailable";
+        match j {
+            Some(j) => {
+                self.send_own_reply(j, r.status, &headers, r.body.as_bytes(), details);
+            }
+            None => {
+                if let Err(e) = self.host.send_response(r.status, &headers, r.body.as_bytes(), details) {
+                    log::warn!("cannot send the all-down reply (host status {})", e.0);
+                }
+            }
+        }
+    }
+
+    /// Sends the filter's own answer for a journey. The answer passes through
+    /// this stream's own response callbacks at once, which must let it by:
+    /// the journey says `Replying`, and no borrow is held across the call.
+    pub fn send_own_reply(
+        &self,
+        j: &JourneyRef,
+        status: u32,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        details: &str,
+    ) -> bool {
+        // Envoy may pass the answer through the encoders now or once the
+        // current callback returns: the stage stays `Replying` from here on.
+        j.borrow_mut().stage = Stage::Replying;
+        match self.host.send_response(status, headers, body, details) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("cannot send the filter's answer (host status {})", e.0);
+                false
+            }
+        }
+    }
+
+    /// The all-down policy for a request's first choice.
+    pub fn all_down(&self) -> AllDown {
+        self.config.all_down
+    }
+}
+
+/// A unit's name: `vendor` for its pass-through unit, `vendor/model` for
+/// one of its models. It names the unit's shared-data key and its log lines.
+pub fn unit_name(config: &Config, vendor: usize, model: Option<&str>) -> String {
+    let v = config.vendors.get(vendor).map_or("?", |v| v.name.as_str());
+    match model {
+        None => v.to_string(),
+        Some(m) => {
+            let m: String = m.chars().filter(|c| !c.is_control()).take(128).collect();
+            format!("{v}/{m}")
+        }
+    }
+}

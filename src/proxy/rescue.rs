@@ -1,0 +1,241 @@
+//! Same-request failover as host actions: a rescue callout to the next
+//! candidate, its answer judged and delivered (or the 503 when none is
+//! left), and the tick's checks on held requests.
+
+use crate::policy::answer::{self, AfterCallout, CalloutAnswer};
+use crate::policy::choice::{Ask, Choice, Due};
+use crate::policy::classify::{Outcome, Reason};
+use crate::policy::config::AllDown;
+use crate::policy::health::Availability;
+use crate::policy::journey::{JourneyRef, Stage};
+use crate::policy::outbound;
+use crate::policy::reply;
+use crate::policy::rescue::Move;
+use crate::policy::store;
+use crate::proxy::host::{find, Buffer, Host, Map};
+use crate::proxy::plugin::Plugin;
+
+/// Moves a journey whose current attempt failed to the next candidate,
+/// or answers the client if none is left.
+pub fn next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) {
+    loop {
+        let mut jb = j.borrow_mut();
+        if !jb.flight.may_move(why, now_ms) {
+            drop(jb);
+            give_up(p, j, now_ms);
+            return;
+        }
+        let candidates = jb.flight.next_candidates(why);
+        let tried = jb.flight.tried_units();
+        let ask = Ask {
+            candidates: &candidates,
+            all_down: AllDown::Reject,
+            tried: &tried,
+            claim_probes: true,
+        };
+        let Choice::Route { attempt, .. } = p.pick(&ask, &mut || now_ms) else {
+            // Every candidate left is ejected or busy probing.
+            drop(jb);
+            give_up(p, j, now_ms);
+            return;
+        };
+        let Some(candidate) = jb.flight.start(attempt).cloned() else {
+            continue;
+        };
+        let Some(v) = p.config.vendors.get(attempt.vendor) else {
+            continue;
+        };
+        let request = outbound::callout_request(
+            &jb.headers,
+            &jb.body,
+            jb.format,
+            v,
+            &candidate,
+            &p.config.cluster_header,
+        );
+        let timeout_ms = jb.flight.time_left(now_ms);
+        match p
+            .host
+            .dispatch(&v.cluster, &request.header_refs(), Some(&request.body), timeout_ms)
+        {
+            Ok(token) => {
+                p.callouts.borrow_mut().insert(token, jb.ctx);
+                p.add(p.stats.rescue_attempts, 1);
+                log::debug!("rescuing a request with vendor {}", v.name);
+                return;
+            }
+            Err(e) => {
+                // The callout could not even start (the cluster is gone):
+                // that attempt failed; the next candidate may serve.
+                log::debug!("cannot send a rescue to {} (host status {})", v.cluster, e.0);
+                p.mark_missing(attempt.vendor);
+            }
+        }
+    }
+}
+
+/// A rescue callout answered (in the context that dispatched it).
+pub fn on_callout<H: Host>(p: &Plugin<H>, token: u32, num_headers: usize, body_size: usize) {
+    let Some(ctx) = p.callouts.borrow_mut().remove(&token) else {
+        return;
+    };
+    let Some(j) = p.journeys.borrow().get(&ctx).cloned() else {
+        return; // the client went away meanwhile
+    };
+    if j.borrow().stage != Stage::Rescuing {
+        return;
+    }
+    let _ = p.host.set_effective_context(ctx);
+    let now_ms = p.now();
+    let headers = if num_headers > 0 {
+        p.host.headers(Map::CalloutHeaders).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let body = p
+        .host
+        .buffer(Buffer::CalloutBody, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let status: Option<u16> = find(&headers, ":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+    let seen = CalloutAnswer {
+        status,
+        headers: &headers,
+        body: &body,
+    };
+    let (judged, attempt) = {
+        let jb = j.borrow();
+        let judged = answer::judge_callout(&seen, jb.format, jb.flight.deadline_ms, now_ms, &p.config);
+        (judged, jb.flight.current().copied())
+    };
+    let Some(attempt) = attempt else {
+        return;
+    };
+    p.record(&attempt, judged.outcome, judged.stream_error.as_deref(), now_ms);
+    let after = answer::after_callout(&judged, status, &j.borrow().flight, now_ms);
+    match after {
+        AfterCallout::Move(why) => next(p, &j, why, now_ms),
+        AfterCallout::GiveUp => give_up(p, &j, now_ms),
+        AfterCallout::Deliver(s) => deliver(p, &j, s, &headers, &body),
+    }
+}
+
+/// Answers the client with a rescue's answer.
+fn deliver<H: Host>(p: &Plugin<H>, j: &JourneyRef, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) {
+    let (vendor, attempts, tried) = {
+        let jb = j.borrow();
+        let names: Vec<&str> = jb.flight.tried_vendors().iter().map(|&v| p.vendor_name(v)).collect();
+        let vendor = jb.flight.current().map(|a| p.vendor_name(a.vendor)).unwrap_or_default();
+        (
+            vendor.to_string(),
+            jb.flight.attempts.len().to_string(),
+            names.join(","),
+        )
+    };
+    let out = outbound::delivered_headers(headers, p.config.vendor_header.as_deref(), &vendor, &attempts, &tried);
+    if p.send_own_reply(j, u32::from(status), &out, body, "llm_failover_rescued") {
+        p.add(p.stats.rescued, 1);
+        log::debug!("request rescued by {vendor} after {attempts} attempts ({tried})");
+    }
+}
+
+/// Answers 503 in the client's format: every candidate failed or is out.
+pub fn give_up<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) {
+    let (format, units, tried) = {
+        let jb = j.borrow();
+        let units: Vec<(usize, usize)> = jb.flight.plan.iter().map(|c| (c.unit, c.vendor)).collect();
+        (jb.format, units, jb.flight.tried_vendors())
+    };
+    let mut due = Vec::new();
+    for (unit, vendor) in units {
+        let Some(key) = p.keys.get(unit) else {
+            continue;
+        };
+        if let Ok(loaded) = store::load(&p.host, key, p.rules.window) {
+            if let Availability::Unavailable { due_ms } = loaded.state.availability(now_ms, &p.rules) {
+                due.push(Due { unit, vendor, due_ms });
+            }
+        }
+    }
+    due.sort_by_key(|d| d.due_ms);
+    let r = reply::unavailable(format, &p.config, &due, now_ms, &tried);
+    let retry_after = r.retry_after_s.to_string();
+    let names: Vec<&str> = tried.iter().map(|&v| p.vendor_name(v)).collect();
+    let tried_list = names.join(",");
+    let attempts = tried.len().to_string();
+    let headers: [(&str, &[u8]); 4] = [
+        ("content-type", b"application/json"),
+        ("retry-after", retry_after.as_bytes()),
+        (outbound::ATTEMPTS_HEADER, attempts.as_bytes()),
+        (outbound::TRIED_HEADER, tried_list.as_bytes()),
+    ];
+    let details = "llm_failover_all_vendors_unavailable";
+    if p.send_own_reply(j, r.status, &headers, r.body.as_bytes(), details) {
+        p.add(p.stats.rescues_failed, 1);
+    }
+}
+
+/// Abandons first attempts whose stream has not shown its first event in
+/// time (from the tick: a stream has no timer of its own).
+pub fn check_first_tokens<H: Host>(p: &Plugin<H>, now_ms: u64) {
+    let late: Vec<JourneyRef> = p
+        .journeys
+        .borrow()
+        .values()
+        .filter(|j| j.borrow().first_token_late(now_ms))
+        .cloned()
+        .collect();
+    for j in late {
+        let ctx = j.borrow().ctx;
+        if p.host.set_effective_context(ctx).is_err() {
+            continue;
+        }
+        let Some(attempt) = j.borrow().flight.current().copied() else {
+            continue;
+        };
+        p.record(&attempt, Outcome::Failure(Reason::Timeout), None, now_ms);
+        {
+            let mut jb = j.borrow_mut();
+            jb.stage = Stage::Rescuing;
+            jb.first_token_deadline = None;
+        }
+        p.add(p.stats.first_token_timeouts, 1);
+        next(p, &j, Move::Failure, now_ms);
+    }
+}
+
+/// Requests held in their headers whose body never came: Envoy is not
+/// letting the filter read bodies (`allow_on_headers_stop_iteration` is
+/// off). Let them go as routed at their headers, and stop holding.
+pub fn release_stuck<H: Host>(p: &Plugin<H>, now_ms: u64) {
+    let stuck: Vec<JourneyRef> = p
+        .journeys
+        .borrow()
+        .values()
+        .filter(|j| j.borrow().body_overdue(now_ms))
+        .cloned()
+        .collect();
+    if !stuck.is_empty() && !p.no_body_access.get() {
+        p.no_body_access.set(true);
+        log::warn!(
+            "request bodies are not reaching the filter: set allow_on_headers_stop_iteration: true in the wasm \
+             filter's config to enable model-based routing, body rewriting and same-request failover; \
+             until then requests are routed at their headers"
+        );
+    }
+    for j in stuck {
+        let ctx = j.borrow().ctx;
+        // Passed first: resuming may deliver the body at once.
+        j.borrow_mut().stage = Stage::Passed;
+        if p.host.set_effective_context(ctx).is_ok() {
+            {
+                let jb = j.borrow();
+                if let Some((vendor, candidate)) = &jb.at_headers {
+                    p.send_to(*vendor, candidate.as_ref(), jb.format, &jb.headers);
+                }
+            }
+            let _ = p.host.resume_request();
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! One HTTP stream's callbacks. Each asks the policy what to do with what
+//! Envoy shows it (see `journey`, `answer`, `observe`) and turns the answer
+//! into host calls.
+//!
+//! Per request: the request headers choose the vendor and write its
+//! cluster into the routing header (a request in a known API format is
+//! first held until its body is complete, so its model can choose the
+//! route); the response callbacks judge the first attempt's answer (pass,
+//! peek, inspect, or hold and rescue) and watch it pass; `on_log`, which
+//! Envoy calls once when the stream ends however it ends, records the
+//! outcome.
+
+use crate::policy::adapt;
+use crate::policy::answer::{self, AtHeaders, AtPeek, Head};
+use crate::policy::choice::{Ask, Choice};
+use crate::policy::classify::{self, Outcome};
+use crate::policy::config::Format;
+use crate::policy::journey::{self, Arrival, Aside, BodyStep, Journey, JourneyRef, Stage};
+use crate::policy::observe::Watch;
+use crate::policy::plan::{self, Attempt, Candidate, Unserved};
+use crate::policy::ratelimit;
+use crate::policy::reply;
+use crate::policy::rescue::{Flight, Move};
+use crate::policy::sse::{self, Scanner};
+use crate::proxy::host::{find, Buffer, Host, Map, RESPONSE_CODE, RESPONSE_FLAGS};
+use crate::proxy::plugin::Plugin;
+use crate::proxy::rescue;
+use proxy_wasm::types::Action;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub struct Stream<H: Host> {
+    plugin: Option<Rc<Plugin<H>>>,
+    ctx: u32,
+    /// Where the router's attempt went, until its outcome is recorded.
+    routed: Option<Attempt>,
+    /// Set for requests in a known API format that may be adapted and rescued.
+    journey: Option<JourneyRef>,
+    watch: Watch,
+}
+
+impl<H: Host> Stream<H> {
+    pub fn new(plugin: Option<Rc<Plugin<H>>>, ctx: u32) -> Self {
+        Stream {
+            plugin,
+            ctx,
+            routed: None,
+            journey: None,
+            watch: Watch::default(),
+        }
+    }
+
+    fn stage(&self) -> Option<Stage> {
+        self.journey.as_ref().map(|j| j.borrow().stage)
+    }
+
+    fn set_stage(&self, stage: Stage) {
+        if let Some(j) = &self.journey {
+            j.borrow_mut().stage = stage;
+        }
+    }
+
+    /// While the filter answers the client itself, the response callbacks
+    /// stay out of the way.
+    fn aside(&self) -> Option<Action> {
+        match self.stage()?.aside()? {
+            Aside::LetBy => Some(Action::Continue),
+            Aside::Hold => Some(Action::Pause),
+        }
+    }
+
+    pub fn on_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(p) = self.plugin.clone() else {
+            return Action::Continue;
+        };
+        let now_ms = p.now();
+        self.watch = Watch::new(now_ms);
+        // One host call for every header: the path names the API format,
+        // and a rescue replays the rest.
+        let headers = p.host.headers(Map::RequestHeaders).unwrap_or_default();
+        let format = find(&headers, ":path").and_then(Format::of_path);
+        let declared_len =
+            find(&headers, "content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        let arrival = Arrival {
+            format,
+            declared_len,
+            end_of_stream,
+        };
+        let bodies_wanted = p.reads_bodies && !p.no_body_access.get();
+        let intake = journey::intake(&arrival, p.config.rescue.max_body_bytes, bodies_wanted);
+        if intake.too_large {
+            p.add(p.stats.body_too_large, 1);
+        }
+        let mut journey = Journey::new(self.ctx, now_ms, format, headers, &p.config);
+        // Route by the headers first: if the body never comes (Envoy without
+        // allow_on_headers_stop_iteration), the request is still routable.
+        let Some((attempt, candidate)) = self.route_at_headers(&p, &journey, now_ms, intake.hold) else {
+            return Action::Pause; // answered already
+        };
+        self.routed = Some(attempt);
+        journey.at_headers = Some((attempt.vendor, candidate));
+        if !intake.hold {
+            return Action::Continue;
+        }
+        let j = Rc::new(RefCell::new(journey));
+        p.journeys.borrow_mut().insert(self.ctx, j.clone());
+        self.journey = Some(j);
+        Action::Pause
+    }
+
+    /// Routes a request by its headers only: health by vendor, path,
+    /// authority and credentials adapted to the vendor. A request held for
+    /// its body (`held`) only gets the routing header now, and no probe slot:
+    /// it is chosen for again once its model is known.
+    fn route_at_headers(
+        &self,
+        p: &Plugin<H>,
+        j: &Journey,
+        now_ms: u64,
+        held: bool,
+    ) -> Option<(Attempt, Option<Candidate>)> {
+        let candidates = plan::at_headers(&p.config, j.format);
+        let ask = Ask {
+            claim_probes: !held,
+            ..Ask::first(&candidates, p.all_down())
+        };
+        match p.pick(&ask, &mut || now_ms) {
+            Choice::Route { attempt, .. } => {
+                let candidate = candidates.into_iter().find(|c| c.unit == attempt.unit);
+                if held {
+                    let cluster = p.config.vendors.get(attempt.vendor)?.cluster.as_bytes();
+                    let _ = p
+                        .host
+                        .set_header(Map::RequestHeaders, &p.config.cluster_header, cluster);
+                } else {
+                    p.send_to(attempt.vendor, candidate.as_ref(), j.format, &j.headers);
+                }
+                Some((attempt, candidate))
+            }
+            Choice::Reject { due, now_ms } => {
+                p.reject(j.format, &due, now_ms, None);
+                None
+            }
+            Choice::Nothing => None,
+        }
+    }
+
+    pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(p), Some(j)) = (self.plugin.clone(), self.journey.clone()) else {
+            return Action::Continue;
+        };
+        if !matches!(j.borrow().stage, Stage::Buffering { .. }) {
+            return Action::Continue;
+        }
+        match journey::body_step(body_size, end_of_stream, &p.config) {
+            BodyStep::TooLarge => {
+                // Too large to hold: it goes as routed at its headers,
+                // untouched, without rescue.
+                p.add(p.stats.body_too_large, 1);
+                j.borrow_mut().stage = Stage::Passed;
+                Action::Continue
+            }
+            BodyStep::Wait => Action::Pause,
+            BodyStep::Complete => self.route_with_body(&p, &j, body_size),
+        }
+    }
+
+    /// The request body is complete: pick the route by its model, adapt the
+    /// request for the vendor, and let it go to the router.
+    fn route_with_body(&mut self, p: &Plugin<H>, j: &JourneyRef, body_size: usize) -> Action {
+        let body = p
+            .host
+            .buffer(Buffer::RequestBody, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let asked = adapt::read_request(&body);
+        let model = asked.as_ref().and_then(|a| a.model.clone());
+        let stream = asked.as_ref().is_some_and(|a| a.stream);
+        let format = j.borrow().format;
+        let started = self.watch.start_ms.unwrap_or_default();
+        let candidates = match plan::plan(&p.config, format, model.as_deref()) {
+            Ok(candidates) => candidates,
+            Err(Unserved::Model(m)) => {
+                p.add(p.stats.model_not_served, 1);
+                let r = reply::model_not_served(format, &m);
+                let headers: [(&str, &[u8]); 1] = [("content-type", b"application/json")];
+                p.send_own_reply(
+                    j,
+                    r.status,
+                    &headers,
+                    r.body.as_bytes(),
+                    "llm_failover_model_not_served",
+                );
+                return Action::Pause;
+            }
+        };
+        {
+            let mut jb = j.borrow_mut();
+            jb.flight = Flight::new(format, stream, candidates, started, &p.config.rescue);
+            jb.body = body;
+        }
+        let choice = {
+            let jb = j.borrow();
+            p.pick(&Ask::first(&jb.flight.plan, p.all_down()), &mut || p.now())
+        };
+        match choice {
+            Choice::Route { attempt, .. } => {
+                let candidate = j.borrow_mut().flight.start(attempt).cloned();
+                {
+                    let jb = j.borrow();
+                    p.send_to(attempt.vendor, candidate.as_ref(), format, &jb.headers);
+                    let rewritten = candidate
+                        .as_ref()
+                        .and_then(|c| c.model.as_deref())
+                        .and_then(|m| adapt::with_model(&jb.body, m));
+                    if let Some(new_body) = rewritten {
+                        // Keep the length the router sends right.
+                        if p.host.set_buffer(Buffer::RequestBody, 0, body_size, &new_body).is_ok() {
+                            let len = new_body.len().to_string();
+                            let _ = p.host.set_header(Map::RequestHeaders, "content-length", len.as_bytes());
+                        }
+                    }
+                }
+                self.routed = Some(attempt);
+                let mut jb = j.borrow_mut();
+                jb.stage = Stage::Routed;
+                if stream {
+                    jb.first_token_deadline = p.config.rescue.first_token_ms.map(|ms| started.saturating_add(ms));
+                }
+                Action::Continue
+            }
+            Choice::Reject { due, now_ms } => {
+                p.reject(format, &due, now_ms, Some(j));
+                Action::Pause
+            }
+            Choice::Nothing => Action::Continue,
+        }
+    }
+
+    /// Holds the current attempt's answer and moves the request on.
+    fn start_rescue(&mut self, p: &Plugin<H>, outcome: Outcome, why: Move, kind: Option<&str>, now_ms: u64) -> Action {
+        let (Some(j), Some(attempt)) = (self.journey.clone(), self.routed) else {
+            return Action::Continue;
+        };
+        p.record(&attempt, outcome, kind, now_ms);
+        j.borrow_mut().stage = Stage::Rescuing;
+        rescue::next(p, &j, why, now_ms);
+        Action::Pause
+    }
+
+    pub fn on_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.watch.complete |= end_of_stream;
+        let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
+            return Action::Continue;
+        };
+        if let Some(action) = self.aside() {
+            return action;
+        }
+        // One host call for every header: the status, and what decides how
+        // the answer is read.
+        let headers = p.host.headers(Map::ResponseHeaders).unwrap_or_default();
+        let status: Option<u16> = find(&headers, ":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        let sse = find(&headers, "content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream"));
+        self.watch.status = status;
+        if status == Some(429) {
+            let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+            self.watch.retry_after_ms = ratelimit::retry_after_ms(&pairs, p.now());
+        }
+        if let (Some(Stage::Routed), Some(j)) = (self.stage(), self.journey.clone()) {
+            let head = Head {
+                status,
+                sse,
+                end_of_stream,
+                retry_after_ms: self.watch.retry_after_ms,
+            };
+            let decision = {
+                let jb = j.borrow();
+                let mut flags = || p.host.property_u64(RESPONSE_FLAGS).unwrap_or(0);
+                answer::at_headers(&head, &jb.flight, &p.config, &mut flags, &mut || p.now())
+            };
+            match decision {
+                AtHeaders::Rescue { outcome, why, now_ms } => {
+                    return self.start_rescue(&p, outcome, why, None, now_ms);
+                }
+                AtHeaders::Inspect => {
+                    self.set_stage(Stage::Inspecting);
+                    return Action::Pause;
+                }
+                AtHeaders::Peek => {
+                    let mut jb = j.borrow_mut();
+                    jb.stage = Stage::Peeking;
+                    jb.peek = Some(Scanner::new());
+                    return Action::Pause;
+                }
+                AtHeaders::Pass => self.set_stage(Stage::Passed),
+            }
+        }
+        if status.is_some_and(|s| (200..300).contains(&s)) && sse {
+            self.watch.scanner = Some(Scanner::new());
+            // The filter may append an error event to a cut stream: a
+            // declared length would then be wrong.
+            if find(&headers, "content-length").is_some() {
+                let _ = p.host.remove_header(Map::ResponseHeaders, "content-length");
+            }
+        }
+        if end_of_stream {
+            self.watch.first_byte(p.now());
+        }
+        self.name_vendor(&p, routed)
+    }
+
+    /// Names the vendor that answered on the response, and lets it go.
+    fn name_vendor(&self, p: &Plugin<H>, routed: Attempt) -> Action {
+        if let (Some(header), Some(v)) = (&p.config.vendor_header, p.config.vendors.get(routed.vendor)) {
+            let _ = p.host.set_header(Map::ResponseHeaders, header, v.name.as_bytes());
+        }
+        Action::Continue
+    }
+
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.watch.complete |= end_of_stream;
+        let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
+            return Action::Continue;
+        };
+        if let Some(action) = self.aside() {
+            return action;
+        }
+        match self.stage() {
+            Some(Stage::Inspecting) => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body = p
+                    .host
+                    .buffer(Buffer::ResponseBody, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                if let Some(outcome) = answer::at_inspect(&body) {
+                    let now_ms = p.now();
+                    return self.start_rescue(&p, outcome, Move::ContextOverflow, None, now_ms);
+                }
+                self.set_stage(Stage::Passed);
+                return self.name_vendor(&p, routed);
+            }
+            Some(Stage::Peeking) => return self.peek(&p, routed, body_size, end_of_stream),
+            _ => {}
+        }
+        if !self.watch.wants_chunk(body_size) {
+            return Action::Continue;
+        }
+        let now_ms = p.now();
+        if self.watch.chunk(now_ms, body_size) {
+            if let Ok(Some(bytes)) = p.host.buffer(Buffer::ResponseBody, body_size) {
+                self.watch.feed(&bytes);
+            }
+        }
+        if end_of_stream {
+            self.finish_stream(&p, routed, body_size);
+        }
+        Action::Continue
+    }
+
+    /// A held 200 stream: wait for its first event; rescue if it is an error
+    /// (or the stream ends without one), release it otherwise.
+    fn peek(&mut self, p: &Plugin<H>, routed: Attempt, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(j) = self.journey.clone() else {
+            return Action::Continue;
+        };
+        let now_ms = p.now();
+        // While held, each call sees everything buffered so far.
+        let bytes = p
+            .host
+            .buffer(Buffer::ResponseBody, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let decision = {
+            let mut jb = j.borrow_mut();
+            let fed = jb.peek_fed.min(bytes.len());
+            jb.peek_fed = bytes.len();
+            let dialect = jb.format.map(sse::dialect_of);
+            let may_move = jb.flight.may_move(Move::Failure, now_ms);
+            let Some(sc) = jb.peek.as_mut() else {
+                return Action::Continue;
+            };
+            sc.feed(bytes.get(fed..).unwrap_or_default());
+            let ending = end_of_stream.then(|| {
+                sc.set_dialect_if_unknown(dialect);
+                sc.clone_finish()
+            });
+            answer::at_peek(sc, ending.as_ref(), end_of_stream, may_move)
+        };
+        match decision {
+            AtPeek::Wait => Action::Pause,
+            AtPeek::Rescue { outcome, kind } => self.start_rescue(p, outcome, Move::Failure, kind.as_deref(), now_ms),
+            AtPeek::Release => {
+                let scanner = {
+                    let mut jb = j.borrow_mut();
+                    jb.stage = Stage::Passed;
+                    jb.peek.take()
+                };
+                self.watch.resume_stream(scanner, now_ms, body_size);
+                if end_of_stream {
+                    self.finish_stream(p, routed, body_size);
+                }
+                self.name_vendor(p, routed)
+            }
+        }
+    }
+
+    /// The stream's last chunk: judge its end, and close it with an error
+    /// event if it was cut before its end marker.
+    fn finish_stream(&mut self, p: &Plugin<H>, routed: Attempt, body_size: usize) {
+        let path_dialect = || {
+            let path = p.host.header(Map::RequestHeaders, ":path").ok().flatten()?;
+            sse::dialect_for_path(&path)
+        };
+        let Some(event) = self.watch.finish(p.vendor_name(routed.vendor), path_dialect) else {
+            return;
+        };
+        // Never hand the client a cut stream that looks complete.
+        match p.host.set_buffer(Buffer::ResponseBody, body_size, 0, &event) {
+            Ok(()) => p.count_truncation_closed(routed.vendor),
+            Err(e) => log::warn!("cannot close a cut stream with an error event (host status {})", e.0),
+        }
+    }
+
+    pub fn on_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.watch.complete = true;
+        Action::Continue
+    }
+
+    /// The stream ended, however it ended: record the router's attempt.
+    pub fn on_done(&mut self) {
+        let Some(p) = self.plugin.clone() else {
+            return;
+        };
+        let stage = self.stage();
+        if let Some(j) = self.journey.take() {
+            let ctx = j.borrow().ctx;
+            p.journeys.borrow_mut().remove(&ctx);
+            // A rescue still in flight for a client that went away.
+            p.callouts.borrow_mut().retain(|_, c| *c != ctx);
+        }
+        // A rescued or refused request recorded its attempts as they ended.
+        if stage.is_some_and(Stage::recorded_already) {
+            return;
+        }
+        let Some(routed) = self.routed else {
+            return;
+        };
+        let flags = if self.watch.needs_flags() {
+            p.host.property_u64(RESPONSE_FLAGS).unwrap_or(0)
+        } else {
+            0
+        };
+        let status = self.watch.status.or_else(|| {
+            p.host
+                .property_u64(RESPONSE_CODE)
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|&c| c != 0)
+        });
+        let (seen, kind) = self.watch.observed(status, flags);
+        let outcome = classify::classify(&seen, &p.config.failure_statuses, &p.config.slow);
+        // Only outcomes that write need the clock; a batched success does not.
+        let now_ms = match outcome {
+            Outcome::Success => p.last_now(),
+            _ => p.now(),
+        };
+        p.record(&routed, outcome, kind.as_deref(), now_ms);
+    }
+
+    /// A rescue callout of this stream answered.
+    pub fn on_callout(&mut self, token: u32, num_headers: usize, body_size: usize) {
+        if let Some(p) = &self.plugin {
+            rescue::on_callout(p, token, num_headers, body_size);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The contexts driven through the fake host: one test (at least) per
+//! callback, as scenarios.
+
+mod answers;
+mod requests;
+mod rescues;
+mod workers;
+
+use crate::policy::store::load;
+use crate::proxy::fake::capture;
+use crate::proxy::fake::envoy::{Answer, Asked, FakeEnvoy};
+
+pub const CLUSTERS: [&str; 3] = ["anthropic", "openai", "xai"];
+
+/// Three vendors by priority; rescue as `rescue` says.
+pub fn three(extra: &str) -> String {
+    format!(
+        r#"{{"vendors":[{{"name":"anthropic"}},{{"name":"openai","priority":1}},{{"name":"xai","priority":2}}]{extra}}}"#
+    )
+}
+
+pub fn envoy(json: &str, workers: usize) -> FakeEnvoy {
+    capture::clear();
+    match FakeEnvoy::new(json, &CLUSTERS, workers) {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Every vendor answers `status` but those listed in `answers`.
+pub fn vendors<'a>(answers: &'a [(&'a str, Answer)]) -> impl FnMut(&Asked) -> Answer + 'a {
+    move |asked: &Asked| {
+        answers
+            .iter()
+            .find(|(v, _)| *v == asked.cluster)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| {
+                Answer::json(
+                    200,
+                    &format!(r#"{{"id":"x","model":"m","served_by":"{}"}}"#, asked.cluster),
+                )
+            })
+    }
+}
+
+/// Ejects `vendor` by `n` failures through worker 0.
+pub fn eject(e: &mut FakeEnvoy, vendor: &str, n: usize) {
+    let request = crate::proxy::fake::envoy::Request::openai("m", false);
+    for _ in 0..n {
+        e.send(0, &request, &mut vendors(&[(vendor, Answer::status(503))]));
+    }
+}
+
+pub fn window_failures(e: &FakeEnvoy, unit_key: &str) -> u64 {
+    let spec = crate::policy::config::WindowSpec {
+        bucket_ms: 1_000,
+        buckets: 10,
+    };
+    load(&e.process.store, unit_key, spec)
+        .map(|l| l.state.window.totals(e.main.now()).failures)
+        .unwrap_or(0)
+}

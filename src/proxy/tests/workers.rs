@@ -1,0 +1,138 @@
+//! The root context: configuration, the tick and notifications between
+//! worker VMs.
+
+use super::*;
+use crate::proxy::fake::envoy::Request;
+use crate::proxy::fake::{FakeHost, Process};
+use crate::proxy::root::Root;
+
+#[test]
+fn configure_accepts_a_good_config_and_says_so() {
+    let process = Process::new();
+    let host = FakeHost::worker(&process);
+    for c in CLUSTERS {
+        host.add_cluster(c);
+    }
+    capture::clear();
+    let mut root = Root::new(host.clone());
+    assert!(root.on_configure(host.set_configuration(&three(""))));
+    assert_eq!(host.tick_ms(), 1_000, "refresh_interval");
+    let info = capture::lines(log::Level::Info).join("\n");
+    assert!(
+        info.contains("vendors by preference: anthropic (cluster anthropic, priority 0, weight 1)"),
+        "{info}"
+    );
+}
+
+#[test]
+fn configure_refuses_a_bad_config_naming_the_field() {
+    let process = Process::new();
+    let host = FakeHost::worker(&process);
+    capture::clear();
+    let mut root = Root::new(host.clone());
+    let bad = r#"{"vendors":[{"name":"a"}],"trip":{"failure_ratio":1.5}}"#;
+    assert!(!root.on_configure(host.set_configuration(bad)));
+    let errors = capture::lines(log::Level::Error).join("\n");
+    assert!(
+        errors.contains("configuration refused: config field `trip.failure_ratio`"),
+        "{errors}"
+    );
+    assert!(root.plugin().is_none());
+    // A stream of a refused filter passes everything untouched.
+    let mut s = root.new_stream(3);
+    assert_eq!(s.on_request_headers(1, true), proxy_wasm::types::Action::Continue);
+}
+
+#[test]
+fn configure_skips_a_vendor_whose_cluster_envoy_lacks_until_it_appears() {
+    capture::clear();
+    let mut e = FakeEnvoy::new(&three(r#","rescue":{"max_attempts":1}"#), &["openai", "xai"], 1).unwrap();
+    assert!(capture::lines(log::Level::Warn)
+        .iter()
+        .any(|l| l.contains("no cluster named \"anthropic\"")));
+    let got = e.send(0, &Request::openai("m", false), &mut vendors(&[]));
+    assert_eq!(got.asked[0].cluster, "openai");
+    e.main.add_cluster("anthropic");
+    e.set_now(10_000);
+    e.tick();
+    let got = e.send(0, &Request::openai("m", false), &mut vendors(&[]));
+    assert_eq!(got.asked[0].cluster, "anthropic");
+}
+
+#[test]
+fn tick_refreshes_the_state_gauges() {
+    let mut e = envoy(&three(r#","rescue":{"max_attempts":1}"#), 1);
+    eject(&mut e, "anthropic", 5);
+    e.advance(1_000);
+    e.tick();
+    assert_eq!(e.main.metric("llm_failover.vendor.anthropic.state"), 1);
+    assert_eq!(e.main.metric("llm_failover.vendor.anthropic.ejections"), 1);
+    assert_eq!(e.main.metric("llm_failover.vendor.openai.state"), 0);
+}
+
+#[test]
+fn tick_releases_requests_whose_body_never_came() {
+    let mut e = envoy(&three(""), 1);
+    e.set_now(1_000);
+    let request = Request::openai("m", false);
+    let host = e.workers[0].host.clone();
+    host.with_stream(50, |s| s.request_headers = request.headers.clone());
+    host.enter(50);
+    let mut s = e.workers[0].root.new_stream(50);
+    assert_eq!(s.on_request_headers(5, false), proxy_wasm::types::Action::Pause);
+    e.set_now(2_000);
+    e.tick();
+    assert_eq!(host.stream(50).resumed, 1);
+    assert!(capture::lines(log::Level::Warn)
+        .iter()
+        .any(|l| l.contains("request bodies are not reaching the filter")));
+}
+
+#[test]
+fn tick_rescues_a_stream_whose_first_token_is_late() {
+    let json = three(r#","rescue":{"first_token_timeout":"500ms"}"#);
+    let mut e = envoy(&json, 1);
+    assert_eq!(e.workers[0].host.tick_ms(), 100, "ticks often enough to check it");
+    e.set_now(1_000);
+    let host = e.workers[0].host.clone();
+    let request = Request::openai("m", true);
+    host.with_stream(60, |s| {
+        s.request_headers = request.headers.clone();
+        s.request_body = request.body.clone();
+    });
+    host.enter(60);
+    let probes = host.callouts().len();
+    let mut s = e.workers[0].root.new_stream(60);
+    s.on_request_headers(5, false);
+    assert_eq!(
+        s.on_request_body(request.body.len(), true),
+        proxy_wasm::types::Action::Continue
+    );
+    e.set_now(1_499);
+    e.tick();
+    assert_eq!(host.callouts().len(), probes);
+    e.set_now(1_500);
+    e.tick();
+    let callouts = host.callouts();
+    assert_eq!(callouts.len(), probes + 1);
+    assert_eq!(callouts[probes].cluster, "openai");
+    assert_eq!(e.main.metric("llm_failover.first_token_timeouts"), 1);
+}
+
+#[test]
+fn queue_ready_makes_a_worker_drop_its_copy() {
+    let mut e = envoy(&three(r#","rescue":{"max_attempts":1}"#), 2);
+    // Worker 1 has a copy of anthropic as closed.
+    let got = e.workers.len();
+    assert_eq!(got, 2);
+    e.send(1, &Request::openai("m", false), &mut vendors(&[]));
+    eject(&mut e, "anthropic", 5);
+    let queued = e.workers[1].host.ready_queues();
+    assert!(!queued.is_empty(), "worker 0 told worker 1");
+    for token in queued {
+        e.workers[1].root.on_queue_ready(token);
+    }
+    assert!(e.workers[1].host.ready_queues().is_empty(), "drained");
+    let got = e.send(1, &Request::openai("m", false), &mut vendors(&[]));
+    assert_eq!(got.asked[0].cluster, "openai");
+}
