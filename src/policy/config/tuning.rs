@@ -1,0 +1,360 @@
+//! The tuning sections: window, trip, ejection, recovery, slow, rate_limit, rescue, failure_statuses, all_down, refresh.
+
+use super::reader::{err, kind, Fields};
+use super::ConfigError;
+use serde_json::Value;
+use std::fmt;
+
+/// 401 and 403 mean the operator's key for the vendor was refused (an
+/// outage for the operator); 408 is the vendor's own timeout; 529 is
+/// Anthropic's "overloaded". Other 4xx are the client's doing.
+pub const DEFAULT_FAILURE_STATUSES: [u16; 8] = [401, 403, 408, 500, 502, 503, 504, 529];
+/// Upper bound that keeps the shared-data blob small.
+pub const MAX_BUCKETS: u32 = 120;
+
+/// Same-request failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rescue {
+    /// Attempts per request, the first included; 1 turns rescue off.
+    pub max_attempts: u32,
+    /// No new attempt starts this long after the request arrived.
+    pub deadline_ms: u64,
+    /// Request bodies up to this size are buffered for rescue and rewriting;
+    /// larger ones pass through untouched, without rescue.
+    pub max_body_bytes: u64,
+    /// A streamed answer whose first event has not arrived this long after
+    /// the request is abandoned and rescued; `None`: no limit.
+    pub first_token_ms: Option<u64>,
+}
+
+/// Sliding window shape: `buckets` buckets of `bucket_ms` each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub bucket_ms: u64,
+    pub buckets: u32,
+}
+
+impl WindowSpec {
+    pub fn length_ms(&self) -> u64 {
+        self.bucket_ms * u64::from(self.buckets)
+    }
+}
+
+/// When a closed vendor is ejected.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TripRule {
+    /// Outcomes the window must hold before the ratio rule may trip.
+    pub min_requests: u32,
+    /// Failure share (0, 1] that trips the vendor.
+    pub failure_ratio: f64,
+    /// Failures in a row that trip the vendor; 0 turns the rule off.
+    pub consecutive_failures: u32,
+    /// Slow share that trips the vendor; `None` when no slowness limit is set.
+    pub slow_ratio: Option<f64>,
+}
+
+/// When an answer that worked counts as slow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowLimits {
+    /// From the request to the first byte of the answer's body.
+    pub first_byte_ms: Option<u64>,
+    /// The longest silence between two chunks of a streamed answer.
+    pub stall_ms: Option<u64>,
+    /// Slow share (of the window's outcomes) that trips the vendor.
+    pub ratio: f64,
+}
+
+/// How long a vendor that answered 429 is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// When its headers name no reset time.
+    pub default_cooldown_ms: u64,
+    /// Cap on whatever the vendor announced.
+    pub max_cooldown_ms: u64,
+}
+
+/// How long an ejection lasts: `base * 2^level`, capped at `max`; the level
+/// drops by one for every `decay_ms` the vendor then stays closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base_ms: u64,
+    pub max_ms: u64,
+    pub decay_ms: u64,
+}
+
+/// Half-open probing after an ejection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// Requests all workers together may send to a half-open vendor.
+    pub probes: u32,
+    /// Probe successes that close the vendor.
+    pub successes: u32,
+    /// A probe slot unanswered this long is handed out again (a lost worker).
+    pub probe_timeout_ms: u64,
+}
+
+/// What happens to a request when every vendor is ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllDown {
+    /// Send it to the vendor whose ejection ends first.
+    Soonest,
+    /// Answer 503 at once with an OpenAI-style error and `retry-after`.
+    Reject,
+}
+
+/// Which upstream statuses count as vendor failures.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatusSet {
+    bits: [u64; 8], // statuses 0..512 as a bitset, 512..600 below
+    high: [u64; 2],
+}
+
+impl StatusSet {
+    pub fn new(statuses: &[u16]) -> Self {
+        let mut set = StatusSet {
+            bits: [0; 8],
+            high: [0; 2],
+        };
+        for &status in statuses {
+            set.insert(status);
+        }
+        set
+    }
+
+    fn insert(&mut self, status: u16) {
+        let s = usize::from(status);
+        let slot = if s < 512 {
+            self.bits.get_mut(s / 64)
+        } else {
+            self.high.get_mut((s - 512) / 64)
+        };
+        if let Some(word) = slot {
+            *word |= 1 << (s % 64);
+        }
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        let s = usize::from(status);
+        let word = if s < 512 {
+            self.bits.get(s / 64)
+        } else {
+            self.high.get((s - 512) / 64)
+        };
+        word.is_some_and(|w| w & (1 << (s % 64)) != 0)
+    }
+
+    pub fn to_vec(&self) -> Vec<u16> {
+        (100..600).filter(|&s| self.contains(s)).collect()
+    }
+}
+
+impl fmt::Debug for StatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.to_vec()).finish()
+    }
+}
+
+pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
+    let default = Rescue {
+        max_attempts: 3,
+        deadline_ms: 120_000,
+        max_body_bytes: 512 * 1024,
+        first_token_ms: None,
+    };
+    let Some(f) = root.section("rescue")? else {
+        return Ok(default);
+    };
+    let max_attempts = f.integer_in("max_attempts", 3, 1, 10)? as u32;
+    let deadline_ms = f.duration_in("deadline", default.deadline_ms, 100, 3_600_000)?;
+    let max_body_bytes = f.integer_in("max_body_bytes", default.max_body_bytes, 0, 64 * 1024 * 1024)?;
+    let first_token_ms = f.optional_duration("first_token_timeout", None, 10, 3_600_000)?;
+    f.finish()?;
+    Ok(Rescue {
+        max_attempts,
+        deadline_ms,
+        max_body_bytes,
+        first_token_ms,
+    })
+}
+
+pub(super) fn parse_window(root: &Fields) -> Result<WindowSpec, ConfigError> {
+    let Some(f) = root.section("window")? else {
+        return Ok(WindowSpec {
+            bucket_ms: 1_000,
+            buckets: 10,
+        });
+    };
+    let length = f.duration_in("length", 10_000, 100, 3_600_000)?;
+    let buckets = f.integer_in("buckets", 10, 1, u64::from(MAX_BUCKETS))?;
+    f.finish()?;
+    if length % buckets != 0 {
+        return err(
+            "window.buckets",
+            format!("{buckets} buckets must divide the window length ({length} ms) evenly"),
+        );
+    }
+    let bucket_ms = length / buckets;
+    if bucket_ms < 10 {
+        return err(
+            "window.buckets",
+            format!("{buckets} buckets make {bucket_ms} ms buckets; each bucket must be at least 10ms"),
+        );
+    }
+    Ok(WindowSpec {
+        bucket_ms,
+        buckets: buckets as u32,
+    })
+}
+
+pub(super) fn parse_trip(root: &Fields) -> Result<TripRule, ConfigError> {
+    let default = TripRule {
+        min_requests: 10,
+        failure_ratio: 0.5,
+        consecutive_failures: 5,
+        slow_ratio: None,
+    };
+    let Some(f) = root.section("trip")? else {
+        return Ok(default);
+    };
+    let min_requests = f.integer_in("min_requests", 10, 1, 1_000_000)? as u32;
+    let failure_ratio = f.ratio("failure_ratio", default.failure_ratio)?;
+    let consecutive_failures = f.integer_in("consecutive_failures", 5, 0, 1_000_000)? as u32;
+    f.finish()?;
+    Ok(TripRule {
+        min_requests,
+        failure_ratio,
+        consecutive_failures,
+        slow_ratio: None,
+    })
+}
+
+pub(super) fn parse_slow(root: &Fields) -> Result<SlowLimits, ConfigError> {
+    let default = SlowLimits {
+        first_byte_ms: Some(60_000),
+        stall_ms: Some(30_000),
+        ratio: 1.0,
+    };
+    let Some(f) = root.section("slow")? else {
+        return Ok(default);
+    };
+    let first_byte_ms = f.optional_duration("first_byte", default.first_byte_ms, 10, 3_600_000)?;
+    let stall_ms = f.optional_duration("stall", default.stall_ms, 10, 3_600_000)?;
+    let ratio = f.ratio("ratio", default.ratio)?;
+    f.finish()?;
+    Ok(SlowLimits {
+        first_byte_ms,
+        stall_ms,
+        ratio,
+    })
+}
+
+pub(super) fn parse_rate_limit(root: &Fields) -> Result<RateLimit, ConfigError> {
+    let Some(f) = root.section("rate_limit")? else {
+        return Ok(RateLimit {
+            default_cooldown_ms: 5_000,
+            max_cooldown_ms: 60_000,
+        });
+    };
+    let default_cooldown_ms = f.duration_in("default_cooldown", 5_000, 0, 3_600_000)?;
+    let max_cooldown_ms = f.duration_in("max_cooldown", 60_000.max(default_cooldown_ms), 0, 86_400_000)?;
+    if max_cooldown_ms < default_cooldown_ms {
+        return err(
+            &f.path("max_cooldown"),
+            format!("({max_cooldown_ms} ms) must not be shorter than `rate_limit.default_cooldown` ({default_cooldown_ms} ms)"),
+        );
+    }
+    f.finish()?;
+    Ok(RateLimit {
+        default_cooldown_ms,
+        max_cooldown_ms,
+    })
+}
+
+pub(super) fn parse_ejection(root: &Fields) -> Result<Backoff, ConfigError> {
+    let Some(f) = root.section("ejection")? else {
+        return Ok(Backoff {
+            base_ms: 30_000,
+            max_ms: 300_000,
+            decay_ms: 60_000,
+        });
+    };
+    let base_ms = f.duration_in("base", 30_000, 100, 86_400_000)?;
+    let max_ms = f.duration_in("max", 300_000.max(base_ms), 100, 86_400_000)?;
+    if max_ms < base_ms {
+        return err(
+            &f.path("max"),
+            format!("({max_ms} ms) must not be shorter than `ejection.base` ({base_ms} ms)"),
+        );
+    }
+    let decay_ms = f.duration_in("decay", 60_000, 100, 86_400_000)?;
+    f.finish()?;
+    Ok(Backoff {
+        base_ms,
+        max_ms,
+        decay_ms,
+    })
+}
+
+pub(super) fn parse_recovery(root: &Fields) -> Result<Recovery, ConfigError> {
+    let Some(f) = root.section("recovery")? else {
+        return Ok(Recovery {
+            probes: 3,
+            successes: 3,
+            probe_timeout_ms: 120_000,
+        });
+    };
+    let probes = f.integer_in("probes", 3, 1, 1_000)? as u32;
+    let successes = f.integer_in("successes", u64::from(probes.min(3)), 1, 1_000)? as u32;
+    if successes > probes {
+        return err(
+            &f.path("successes"),
+            format!("({successes}) cannot exceed `recovery.probes` ({probes}): the vendor could never close"),
+        );
+    }
+    let probe_timeout_ms = f.duration_in("probe_timeout", 120_000, 100, 86_400_000)?;
+    f.finish()?;
+    Ok(Recovery {
+        probes,
+        successes,
+        probe_timeout_ms,
+    })
+}
+
+pub(super) fn parse_statuses(root: &Fields) -> Result<StatusSet, ConfigError> {
+    let list = match root.get("failure_statuses") {
+        None => return Ok(StatusSet::new(&DEFAULT_FAILURE_STATUSES)),
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return err(
+                "failure_statuses",
+                format!("must be a list of HTTP statuses, got {}", kind(other)),
+            )
+        }
+    };
+    let mut statuses = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        match item.as_u64() {
+            Some(s) if (100..=599).contains(&s) => statuses.push(s as u16),
+            _ => {
+                return err(
+                    &format!("failure_statuses[{i}]"),
+                    format!("must be an HTTP status from 100 to 599, got {item}"),
+                )
+            }
+        }
+    }
+    Ok(StatusSet::new(&statuses))
+}
+
+pub(super) fn parse_all_down(root: &Fields) -> Result<AllDown, ConfigError> {
+    match root.string("all_down")?.as_deref() {
+        None | Some("soonest") => Ok(AllDown::Soonest),
+        Some("reject") => Ok(AllDown::Reject),
+        Some(other) => err("all_down", format!("must be \"soonest\" or \"reject\", got {other:?}")),
+    }
+}
+
+/// How often each worker refreshes the state gauges, in ms.
+pub(super) fn parse_refresh(root: &Fields) -> Result<u64, ConfigError> {
+    root.duration_in("refresh_interval", 1_000, 100, 60_000)
+}
