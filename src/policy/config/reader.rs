@@ -116,12 +116,31 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A whole number from `min` to `max`.
     pub(super) fn integer_in(&self, key: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        self.whole(key, default, min, max, Some)
+    }
+
+    /// A whole number from `min` to `max`, as a `u32`.
+    pub(super) fn u32_in(&self, key: &'static str, default: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+        self.whole(key, default, u64::from(min), u64::from(max), |n| u32::try_from(n).ok())
+    }
+
+    /// A whole number from `min` to `max` that `convert` turns into a `T`;
+    /// one that it refuses is out of range like any other.
+    fn whole<T>(
+        &self,
+        key: &'static str,
+        default: T,
+        min: u64,
+        max: u64,
+        convert: impl FnOnce(u64) -> Option<T>,
+    ) -> Result<T, ConfigError> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => match v.as_u64() {
-                Some(n) if (min..=max).contains(&n) => Ok(n),
-                _ => err(
+            Some(v) => match v.as_u64().filter(|n| (min..=max).contains(n)).and_then(convert) {
+                Some(n) => Ok(n),
+                None => err(
                     &self.path(key),
                     format!("must be a whole number from {min} to {max}, got {v}"),
                 ),

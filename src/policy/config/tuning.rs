@@ -11,6 +11,8 @@ use std::fmt;
 pub const DEFAULT_FAILURE_STATUSES: [u16; 8] = [401, 403, 408, 500, 502, 503, 504, 529];
 /// Upper bound that keeps the shared-data blob small.
 pub const MAX_BUCKETS: u32 = 120;
+/// How often each worker refreshes the state gauges, by default.
+pub const DEFAULT_REFRESH_MS: u64 = 1_000;
 
 /// Same-request failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,21 @@ pub struct Rescue {
     pub first_token_ms: Option<u64>,
 }
 
+impl Rescue {
+    pub const DEFAULT: Rescue = Rescue {
+        max_attempts: 3,
+        deadline_ms: 120_000,
+        max_body_bytes: 512 * 1024,
+        first_token_ms: None,
+    };
+}
+
+impl Default for Rescue {
+    fn default() -> Self {
+        Rescue::DEFAULT
+    }
+}
+
 /// Sliding window shape: `buckets` buckets of `bucket_ms` each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowSpec {
@@ -35,8 +52,20 @@ pub struct WindowSpec {
 }
 
 impl WindowSpec {
+    /// Ten buckets of one second.
+    pub const DEFAULT: WindowSpec = WindowSpec {
+        bucket_ms: 1_000,
+        buckets: 10,
+    };
+
     pub fn length_ms(&self) -> u64 {
         self.bucket_ms * u64::from(self.buckets)
+    }
+}
+
+impl Default for WindowSpec {
+    fn default() -> Self {
+        WindowSpec::DEFAULT
     }
 }
 
@@ -53,6 +82,22 @@ pub struct TripRule {
     pub slow_ratio: Option<f64>,
 }
 
+impl TripRule {
+    /// `slow_ratio` is set from the `slow` section, not here.
+    pub const DEFAULT: TripRule = TripRule {
+        min_requests: 10,
+        failure_ratio: 0.5,
+        consecutive_failures: 5,
+        slow_ratio: None,
+    };
+}
+
+impl Default for TripRule {
+    fn default() -> Self {
+        TripRule::DEFAULT
+    }
+}
+
 /// When an answer that worked counts as slow.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SlowLimits {
@@ -64,6 +109,20 @@ pub struct SlowLimits {
     pub ratio: f64,
 }
 
+impl SlowLimits {
+    pub const DEFAULT: SlowLimits = SlowLimits {
+        first_byte_ms: Some(60_000),
+        stall_ms: Some(30_000),
+        ratio: 1.0,
+    };
+}
+
+impl Default for SlowLimits {
+    fn default() -> Self {
+        SlowLimits::DEFAULT
+    }
+}
+
 /// How long a vendor that answered 429 is skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
@@ -73,6 +132,19 @@ pub struct RateLimit {
     pub max_cooldown_ms: u64,
 }
 
+impl RateLimit {
+    pub const DEFAULT: RateLimit = RateLimit {
+        default_cooldown_ms: 5_000,
+        max_cooldown_ms: 60_000,
+    };
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit::DEFAULT
+    }
+}
+
 /// How long an ejection lasts: `base * 2^level`, capped at `max`; the level
 /// drops by one for every `decay_ms` the vendor then stays closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +152,20 @@ pub struct Backoff {
     pub base_ms: u64,
     pub max_ms: u64,
     pub decay_ms: u64,
+}
+
+impl Backoff {
+    pub const DEFAULT: Backoff = Backoff {
+        base_ms: 30_000,
+        max_ms: 300_000,
+        decay_ms: 60_000,
+    };
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::DEFAULT
+    }
 }
 
 /// Half-open probing after an ejection ends.
@@ -93,10 +179,27 @@ pub struct Recovery {
     pub probe_timeout_ms: u64,
 }
 
+impl Recovery {
+    /// `successes` is at most `probes`: with fewer probes configured, it
+    /// defaults to `probes`.
+    pub const DEFAULT: Recovery = Recovery {
+        probes: 3,
+        successes: 3,
+        probe_timeout_ms: 120_000,
+    };
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery::DEFAULT
+    }
+}
+
 /// What happens to a request when every vendor is ejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AllDown {
     /// Send it to the vendor whose ejection ends first.
+    #[default]
     Soonest,
     /// Answer 503 at once with an OpenAI-style error and `retry-after`.
     Reject,
@@ -148,6 +251,12 @@ impl StatusSet {
     }
 }
 
+impl Default for StatusSet {
+    fn default() -> Self {
+        StatusSet::new(&DEFAULT_FAILURE_STATUSES)
+    }
+}
+
 impl fmt::Debug for StatusSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.to_vec()).finish()
@@ -155,19 +264,14 @@ impl fmt::Debug for StatusSet {
 }
 
 pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
-    let default = Rescue {
-        max_attempts: 3,
-        deadline_ms: 120_000,
-        max_body_bytes: 512 * 1024,
-        first_token_ms: None,
-    };
+    let d = Rescue::DEFAULT;
     let Some(f) = root.section("rescue")? else {
-        return Ok(default);
+        return Ok(d);
     };
-    let max_attempts = f.integer_in("max_attempts", 3, 1, 10)? as u32;
-    let deadline_ms = f.duration_in("deadline", default.deadline_ms, 100, 3_600_000)?;
-    let max_body_bytes = f.integer_in("max_body_bytes", default.max_body_bytes, 0, 64 * 1024 * 1024)?;
-    let first_token_ms = f.optional_duration("first_token_timeout", None, 10, 3_600_000)?;
+    let max_attempts = f.u32_in("max_attempts", d.max_attempts, 1, 10)?;
+    let deadline_ms = f.duration_in("deadline", d.deadline_ms, 100, 3_600_000)?;
+    let max_body_bytes = f.integer_in("max_body_bytes", d.max_body_bytes, 0, 64 * 1024 * 1024)?;
+    let first_token_ms = f.optional_duration("first_token_timeout", d.first_token_ms, 10, 3_600_000)?;
     f.finish()?;
     Ok(Rescue {
         max_attempts,
@@ -178,14 +282,12 @@ pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
 }
 
 pub(super) fn parse_window(root: &Fields) -> Result<WindowSpec, ConfigError> {
+    let d = WindowSpec::DEFAULT;
     let Some(f) = root.section("window")? else {
-        return Ok(WindowSpec {
-            bucket_ms: 1_000,
-            buckets: 10,
-        });
+        return Ok(d);
     };
-    let length = f.duration_in("length", 10_000, 100, 3_600_000)?;
-    let buckets = f.integer_in("buckets", 10, 1, u64::from(MAX_BUCKETS))?;
+    let length = f.duration_in("length", d.length_ms(), 100, 3_600_000)?;
+    let buckets = f.integer_in("buckets", u64::from(d.buckets), 1, u64::from(MAX_BUCKETS))?;
     f.finish()?;
     if length % buckets != 0 {
         return err(
@@ -207,39 +309,30 @@ pub(super) fn parse_window(root: &Fields) -> Result<WindowSpec, ConfigError> {
 }
 
 pub(super) fn parse_trip(root: &Fields) -> Result<TripRule, ConfigError> {
-    let default = TripRule {
-        min_requests: 10,
-        failure_ratio: 0.5,
-        consecutive_failures: 5,
-        slow_ratio: None,
-    };
+    let d = TripRule::DEFAULT;
     let Some(f) = root.section("trip")? else {
-        return Ok(default);
+        return Ok(d);
     };
-    let min_requests = f.integer_in("min_requests", 10, 1, 1_000_000)? as u32;
-    let failure_ratio = f.ratio("failure_ratio", default.failure_ratio)?;
-    let consecutive_failures = f.integer_in("consecutive_failures", 5, 0, 1_000_000)? as u32;
+    let min_requests = f.u32_in("min_requests", d.min_requests, 1, 1_000_000)?;
+    let failure_ratio = f.ratio("failure_ratio", d.failure_ratio)?;
+    let consecutive_failures = f.u32_in("consecutive_failures", d.consecutive_failures, 0, 1_000_000)?;
     f.finish()?;
     Ok(TripRule {
         min_requests,
         failure_ratio,
         consecutive_failures,
-        slow_ratio: None,
+        slow_ratio: d.slow_ratio,
     })
 }
 
 pub(super) fn parse_slow(root: &Fields) -> Result<SlowLimits, ConfigError> {
-    let default = SlowLimits {
-        first_byte_ms: Some(60_000),
-        stall_ms: Some(30_000),
-        ratio: 1.0,
-    };
+    let d = SlowLimits::DEFAULT;
     let Some(f) = root.section("slow")? else {
-        return Ok(default);
+        return Ok(d);
     };
-    let first_byte_ms = f.optional_duration("first_byte", default.first_byte_ms, 10, 3_600_000)?;
-    let stall_ms = f.optional_duration("stall", default.stall_ms, 10, 3_600_000)?;
-    let ratio = f.ratio("ratio", default.ratio)?;
+    let first_byte_ms = f.optional_duration("first_byte", d.first_byte_ms, 10, 3_600_000)?;
+    let stall_ms = f.optional_duration("stall", d.stall_ms, 10, 3_600_000)?;
+    let ratio = f.ratio("ratio", d.ratio)?;
     f.finish()?;
     Ok(SlowLimits {
         first_byte_ms,
@@ -249,14 +342,17 @@ pub(super) fn parse_slow(root: &Fields) -> Result<SlowLimits, ConfigError> {
 }
 
 pub(super) fn parse_rate_limit(root: &Fields) -> Result<RateLimit, ConfigError> {
+    let d = RateLimit::DEFAULT;
     let Some(f) = root.section("rate_limit")? else {
-        return Ok(RateLimit {
-            default_cooldown_ms: 5_000,
-            max_cooldown_ms: 60_000,
-        });
+        return Ok(d);
     };
-    let default_cooldown_ms = f.duration_in("default_cooldown", 5_000, 0, 3_600_000)?;
-    let max_cooldown_ms = f.duration_in("max_cooldown", 60_000.max(default_cooldown_ms), 0, 86_400_000)?;
+    let default_cooldown_ms = f.duration_in("default_cooldown", d.default_cooldown_ms, 0, 3_600_000)?;
+    let max_cooldown_ms = f.duration_in(
+        "max_cooldown",
+        d.max_cooldown_ms.max(default_cooldown_ms),
+        0,
+        86_400_000,
+    )?;
     if max_cooldown_ms < default_cooldown_ms {
         return err(
             &f.path("max_cooldown"),
@@ -271,22 +367,19 @@ pub(super) fn parse_rate_limit(root: &Fields) -> Result<RateLimit, ConfigError> 
 }
 
 pub(super) fn parse_ejection(root: &Fields) -> Result<Backoff, ConfigError> {
+    let d = Backoff::DEFAULT;
     let Some(f) = root.section("ejection")? else {
-        return Ok(Backoff {
-            base_ms: 30_000,
-            max_ms: 300_000,
-            decay_ms: 60_000,
-        });
+        return Ok(d);
     };
-    let base_ms = f.duration_in("base", 30_000, 100, 86_400_000)?;
-    let max_ms = f.duration_in("max", 300_000.max(base_ms), 100, 86_400_000)?;
+    let base_ms = f.duration_in("base", d.base_ms, 100, 86_400_000)?;
+    let max_ms = f.duration_in("max", d.max_ms.max(base_ms), 100, 86_400_000)?;
     if max_ms < base_ms {
         return err(
             &f.path("max"),
             format!("({max_ms} ms) must not be shorter than `ejection.base` ({base_ms} ms)"),
         );
     }
-    let decay_ms = f.duration_in("decay", 60_000, 100, 86_400_000)?;
+    let decay_ms = f.duration_in("decay", d.decay_ms, 100, 86_400_000)?;
     f.finish()?;
     Ok(Backoff {
         base_ms,
@@ -296,22 +389,19 @@ pub(super) fn parse_ejection(root: &Fields) -> Result<Backoff, ConfigError> {
 }
 
 pub(super) fn parse_recovery(root: &Fields) -> Result<Recovery, ConfigError> {
+    let d = Recovery::DEFAULT;
     let Some(f) = root.section("recovery")? else {
-        return Ok(Recovery {
-            probes: 3,
-            successes: 3,
-            probe_timeout_ms: 120_000,
-        });
+        return Ok(d);
     };
-    let probes = f.integer_in("probes", 3, 1, 1_000)? as u32;
-    let successes = f.integer_in("successes", u64::from(probes.min(3)), 1, 1_000)? as u32;
+    let probes = f.u32_in("probes", d.probes, 1, 1_000)?;
+    let successes = f.u32_in("successes", d.successes.min(probes), 1, 1_000)?;
     if successes > probes {
         return err(
             &f.path("successes"),
             format!("({successes}) cannot exceed `recovery.probes` ({probes}): the vendor could never close"),
         );
     }
-    let probe_timeout_ms = f.duration_in("probe_timeout", 120_000, 100, 86_400_000)?;
+    let probe_timeout_ms = f.duration_in("probe_timeout", d.probe_timeout_ms, 100, 86_400_000)?;
     f.finish()?;
     Ok(Recovery {
         probes,
@@ -322,7 +412,7 @@ pub(super) fn parse_recovery(root: &Fields) -> Result<Recovery, ConfigError> {
 
 pub(super) fn parse_statuses(root: &Fields) -> Result<StatusSet, ConfigError> {
     let list = match root.get("failure_statuses") {
-        None => return Ok(StatusSet::new(&DEFAULT_FAILURE_STATUSES)),
+        None => return Ok(StatusSet::default()),
         Some(Value::Array(list)) => list,
         Some(other) => {
             return err(
@@ -348,7 +438,8 @@ pub(super) fn parse_statuses(root: &Fields) -> Result<StatusSet, ConfigError> {
 
 pub(super) fn parse_all_down(root: &Fields) -> Result<AllDown, ConfigError> {
     match root.string("all_down")?.as_deref() {
-        None | Some("soonest") => Ok(AllDown::Soonest),
+        None => Ok(AllDown::default()),
+        Some("soonest") => Ok(AllDown::Soonest),
         Some("reject") => Ok(AllDown::Reject),
         Some(other) => err("all_down", format!("must be \"soonest\" or \"reject\", got {other:?}")),
     }
@@ -356,5 +447,5 @@ pub(super) fn parse_all_down(root: &Fields) -> Result<AllDown, ConfigError> {
 
 /// How often each worker refreshes the state gauges, in ms.
 pub(super) fn parse_refresh(root: &Fields) -> Result<u64, ConfigError> {
-    root.duration_in("refresh_interval", 1_000, 100, 60_000)
+    root.duration_in("refresh_interval", DEFAULT_REFRESH_MS, 100, 60_000)
 }

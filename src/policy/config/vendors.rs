@@ -155,8 +155,8 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
                 format!("{cluster:?} must be printable ASCII without spaces (it is sent as a header value)"),
             );
         }
-        let priority = f.integer_in("priority", 0, 0, 1_000)? as u32;
-        let weight = f.integer_in("weight", 1, 1, 10_000)? as u32;
+        let priority = f.u32_in("priority", 0, 0, 1_000)?;
+        let weight = f.u32_in("weight", 1, 1, 10_000)?;
         let host = f.string("host")?;
         if let Some(h) = &host {
             if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)) {
