@@ -10,6 +10,7 @@ use crate::policy::config::{AllDown, Config};
 use crate::policy::health::{Availability, Phase, Rules, Ticket, Transition};
 use crate::policy::store::{self, Store};
 use crate::policy::view::View;
+use std::num::{NonZeroU32, NonZeroU64};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Choice {
@@ -48,7 +49,7 @@ pub struct Cand {
     pub unit: usize,
     pub vendor: usize,
     pub level: u32,
-    pub weight: u32,
+    pub weight: NonZeroU32,
 }
 
 /// The candidates when nothing narrows them: every vendor's pass-through
@@ -170,7 +171,7 @@ pub fn choose_from<S: Store + ?Sized>(
         let this_level = open.get(start..end).unwrap_or(&[]);
         start = end;
 
-        let mut candidates: Vec<(Cand, u32, Candidate)> = Vec::with_capacity(this_level.len());
+        let mut candidates: Vec<(Cand, NonZeroU32, Candidate)> = Vec::with_capacity(this_level.len());
         for &&c in this_level {
             if skips(worker, &c) {
                 continue;
@@ -313,15 +314,21 @@ pub fn choose_from<S: Store + ?Sized>(
 
 /// Smooth-enough weighted round robin: turn `n` lands on the vendor whose
 /// cumulative weight range holds `n mod total`.
-fn weighted_pick(candidates: &[(Cand, u32, Candidate)], turn: &mut u64) -> usize {
-    if candidates.len() <= 1 {
+fn weighted_pick(candidates: &[(Cand, NonZeroU32, Candidate)], turn: &mut u64) -> usize {
+    let Some((first, rest)) = candidates.split_first() else {
+        return 0;
+    };
+    if rest.is_empty() {
         return 0;
     }
-    let total: u64 = candidates.iter().map(|c| u64::from(c.1)).sum();
-    let mut slot = *turn % total.max(1);
+    // Weights are never zero, so neither is their sum.
+    let total = rest.iter().fold(NonZeroU64::from(first.1), |sum, c| {
+        sum.saturating_add(u64::from(c.1.get()))
+    });
+    let mut slot = *turn % total;
     *turn = turn.wrapping_add(1);
     for (i, c) in candidates.iter().enumerate() {
-        let w = u64::from(c.1);
+        let w = u64::from(c.1.get());
         if slot < w {
             return i;
         }

@@ -8,6 +8,7 @@
 
 use crate::policy::choice::Cand;
 use crate::policy::config::{Config, Format};
+use std::num::NonZeroU32;
 
 /// One way to serve a request, and how to ask for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Res
                     unit: t.unit,
                     vendor: t.vendor,
                     level: level as u32,
-                    weight: 1,
+                    weight: NonZeroU32::MIN,
                 },
                 model: t.model.clone(),
                 path,

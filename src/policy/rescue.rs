@@ -12,6 +12,7 @@ use crate::policy::classify::Outcome;
 use crate::policy::config::{Format, Rescue};
 use crate::policy::health::Ticket;
 use crate::policy::plan::Planned;
+use std::num::NonZeroU32;
 
 /// One attempt: which plan entry, and what its outcome must be recorded with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub struct Flight {
     pub plan: Vec<Planned>,
     pub attempts: Vec<Attempt>,
     pub deadline_ms: u64,
-    pub max_attempts: u32,
+    pub max_attempts: NonZeroU32,
 }
 
 impl Flight {
@@ -113,7 +114,7 @@ impl Flight {
 
     /// Whether another attempt may start at `now_ms` for this reason.
     pub fn may_move(&self, why: Move, now_ms: u64) -> bool {
-        (self.attempts.len() as u32) < self.max_attempts
+        (self.attempts.len() as u32) < self.max_attempts.get()
             && now_ms < self.deadline_ms
             && !self.next_cands(why).is_empty()
     }
@@ -140,7 +141,7 @@ mod tests {
                 unit,
                 vendor: unit,
                 level: unit as u32,
-                weight: 1,
+                weight: NonZeroU32::MIN,
             },
             model: None,
             path: None,
@@ -151,7 +152,7 @@ mod tests {
     fn flight(windows: &[Option<u64>]) -> Flight {
         let plan = windows.iter().enumerate().map(|(u, w)| planned(u, *w)).collect();
         let rescue = Rescue {
-            max_attempts: 3,
+            max_attempts: NonZeroU32::new(3).unwrap(),
             deadline_ms: 10_000,
             max_body_bytes: 1_000,
             first_token_ms: None,

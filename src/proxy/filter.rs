@@ -97,7 +97,7 @@ impl Plugin {
             .iter()
             .map(|u| store::vendor_key(&unit_name(&config, u.vendor, u.model.as_deref()), config.window))
             .collect();
-        let reads_bodies = config.rescue.max_attempts > 1
+        let reads_bodies = config.rescue.max_attempts.get() > 1
             || !config.groups.is_empty()
             || config.vendors.iter().any(|v| v.models.is_some());
         let vendor_stats = config
@@ -193,7 +193,7 @@ impl Plugin {
                 Verdict::Neutral => return,
                 Verdict::Success if ticket.quiet => {
                     // No clock read: the worker's latest reading places it.
-                    let bucket = self.clock_ms.get() / self.rules.window.bucket_ms.max(1);
+                    let bucket = self.clock_ms.get() / self.rules.window.bucket_ms;
                     let full = self
                         .batches
                         .borrow_mut()

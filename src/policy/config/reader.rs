@@ -2,6 +2,7 @@
 
 use super::ConfigError;
 use serde_json::{Map, Value};
+use std::num::{NonZeroU32, NonZeroU64};
 
 pub(super) fn err<T>(field: &str, problem: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError {
@@ -126,6 +127,13 @@ impl<'a> Fields<'a> {
         self.whole(key, default, u64::from(min), u64::from(max), |n| u32::try_from(n).ok())
     }
 
+    /// A count from 1 to `max`.
+    pub(super) fn count_in(&self, key: &'static str, default: NonZeroU32, max: u32) -> Result<NonZeroU32, ConfigError> {
+        self.whole(key, default, 1, u64::from(max), |n| {
+            u32::try_from(n).ok().and_then(NonZeroU32::new)
+        })
+    }
+
     /// A whole number from `min` to `max` that `convert` turns into a `T`;
     /// one that it refuses is out of range like any other.
     fn whole<T>(
@@ -155,15 +163,41 @@ impl<'a> Fields<'a> {
         min_ms: u64,
         max_ms: u64,
     ) -> Result<u64, ConfigError> {
+        self.duration(key, default_ms, min_ms, max_ms, Some)
+    }
+
+    /// A duration from `min_ms` to `max_ms` that cannot be zero.
+    pub(super) fn positive_duration_in(
+        &self,
+        key: &'static str,
+        default: NonZeroU64,
+        min_ms: u64,
+        max_ms: u64,
+    ) -> Result<NonZeroU64, ConfigError> {
+        self.duration(key, default, min_ms, max_ms, NonZeroU64::new)
+    }
+
+    /// A duration from `min_ms` to `max_ms` that `convert` turns into a `T`;
+    /// one that it refuses is out of range like any other.
+    fn duration<T>(
+        &self,
+        key: &'static str,
+        default: T,
+        min_ms: u64,
+        max_ms: u64,
+        convert: impl FnOnce(u64) -> Option<T>,
+    ) -> Result<T, ConfigError> {
         let Some(text) = self.string(key)? else {
-            return Ok(default_ms);
+            return Ok(default);
         };
         match parse_duration(&text) {
-            Some(ms) if (min_ms..=max_ms).contains(&ms) => Ok(ms),
-            Some(ms) => err(
-                &self.path(key),
-                format!("{text:?} ({ms} ms) must be from {min_ms} ms to {max_ms} ms"),
-            ),
+            Some(ms) => match Some(ms).filter(|ms| (min_ms..=max_ms).contains(ms)).and_then(convert) {
+                Some(v) => Ok(v),
+                None => err(
+                    &self.path(key),
+                    format!("{text:?} ({ms} ms) must be from {min_ms} ms to {max_ms} ms"),
+                ),
+            },
             None => err(
                 &self.path(key),
                 format!("{text:?} is not a duration; write it like \"250ms\", \"10s\", \"5m\" or \"1h\""),

@@ -1,6 +1,15 @@
 //! Tests of the whole configuration: defaults, every field, every refusal, and random documents.
 
 use super::*;
+use std::num::{NonZeroU32, NonZeroU64};
+
+fn n32(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+fn n64(n: u64) -> NonZeroU64 {
+    NonZeroU64::new(n).unwrap()
+}
 
 fn parse(json: &str) -> Result<Config, ConfigError> {
     Config::parse(json.as_bytes())
@@ -23,7 +32,7 @@ fn minimal_config_takes_every_default() {
             name: "anthropic".into(),
             cluster: "anthropic".into(),
             priority: 0,
-            weight: 1,
+            weight: n32(1),
             host: None,
             api_key: None,
             paths: Paths::Unchanged,
@@ -35,7 +44,7 @@ fn minimal_config_takes_every_default() {
     assert_eq!(
         c.rescue,
         Rescue {
-            max_attempts: 3,
+            max_attempts: n32(3),
             deadline_ms: 120_000,
             max_body_bytes: 512 * 1024,
             first_token_ms: None
@@ -44,11 +53,11 @@ fn minimal_config_takes_every_default() {
     assert_eq!(
         c.window,
         WindowSpec {
-            bucket_ms: 1_000,
-            buckets: 10
+            bucket_ms: n64(1_000),
+            buckets: n32(10)
         }
     );
-    assert_eq!(c.trip.min_requests, 10);
+    assert_eq!(c.trip.min_requests, n32(10));
     assert_eq!(c.trip.failure_ratio, 0.5);
     assert_eq!(c.trip.consecutive_failures, 5);
     assert_eq!(
@@ -56,14 +65,14 @@ fn minimal_config_takes_every_default() {
         Backoff {
             base_ms: 30_000,
             max_ms: 300_000,
-            decay_ms: 60_000
+            decay_ms: n64(60_000)
         }
     );
     assert_eq!(
         c.recovery,
         Recovery {
-            probes: 3,
-            successes: 3,
+            probes: n32(3),
+            successes: n32(3),
             probe_timeout_ms: 120_000
         }
     );
@@ -92,6 +101,24 @@ fn minimal_config_takes_every_default() {
 }
 
 #[test]
+fn an_empty_section_takes_the_same_defaults_as_an_absent_one() {
+    let absent = parse(ONE).unwrap();
+    for section in ["rescue", "window", "trip", "slow", "rate_limit", "ejection", "recovery"] {
+        let json = format!(r#"{{"vendors":[{{"name":"anthropic"}}],"{section}":{{}}}}"#);
+        assert_eq!(parse(&json).unwrap(), absent, "{section}");
+    }
+    assert_eq!(absent.window, WindowSpec::default());
+    assert_eq!(absent.trip.min_requests, TripRule::default().min_requests);
+    assert_eq!(absent.ejection, Backoff::default());
+    assert_eq!(absent.recovery, Recovery::default());
+    assert_eq!(absent.slow, SlowLimits::default());
+    assert_eq!(absent.rate_limit, RateLimit::default());
+    assert_eq!(absent.rescue, Rescue::default());
+    assert_eq!(absent.failure_statuses, StatusSet::default());
+    assert_eq!(absent.all_down, AllDown::default());
+}
+
+#[test]
 fn full_config_is_read() {
     let c = parse(
         r#"{
@@ -116,12 +143,12 @@ fn full_config_is_read() {
     assert_eq!(c.vendor_header, None);
     assert_eq!(c.by_preference, vec![1, 0, 2]);
     assert_eq!(c.vendors[1].cluster, "outbound|443||api.anthropic.com");
-    assert_eq!(c.vendors[0].weight, 3);
+    assert_eq!(c.vendors[0].weight, n32(3));
     assert_eq!(
         c.window,
         WindowSpec {
-            bucket_ms: 1_000,
-            buckets: 30
+            bucket_ms: n64(1_000),
+            buckets: n32(30)
         }
     );
     assert_eq!(c.trip.consecutive_failures, 0);
@@ -130,14 +157,14 @@ fn full_config_is_read() {
         Backoff {
             base_ms: 2_000,
             max_ms: 60_000,
-            decay_ms: 10_000
+            decay_ms: n64(10_000)
         }
     );
     assert_eq!(
         c.recovery,
         Recovery {
-            probes: 5,
-            successes: 2,
+            probes: n32(5),
+            successes: n32(2),
             probe_timeout_ms: 30_000
         }
     );
@@ -403,7 +430,7 @@ fn slowness_limits_can_be_turned_off() {
 #[test]
 fn successes_default_follows_probes() {
     let c = parse(r#"{"vendors":[{"name":"a"}],"recovery":{"probes":1}}"#).unwrap();
-    assert_eq!(c.recovery.successes, 1);
+    assert_eq!(c.recovery.successes, n32(1));
 }
 
 /// Random configurations built from the real field names with values of

@@ -4,6 +4,7 @@ use super::reader::{err, kind, Fields};
 use super::ConfigError;
 use serde_json::Value;
 use std::fmt;
+use std::num::{NonZeroU32, NonZeroU64};
 
 /// 401 and 403 mean the operator's key for the vendor was refused (an
 /// outage for the operator); 408 is the vendor's own timeout; 529 is
@@ -14,11 +15,28 @@ pub const MAX_BUCKETS: u32 = 120;
 /// How often each worker refreshes the state gauges, by default.
 pub const DEFAULT_REFRESH_MS: u64 = 1_000;
 
+/// A count for a constant: `n` is never zero where this is called, so the
+/// fallback is never taken.
+const fn count(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    }
+}
+
+/// A duration for a constant, as `count`.
+const fn millis(ms: u64) -> NonZeroU64 {
+    match NonZeroU64::new(ms) {
+        Some(ms) => ms,
+        None => NonZeroU64::MIN,
+    }
+}
+
 /// Same-request failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rescue {
     /// Attempts per request, the first included; 1 turns rescue off.
-    pub max_attempts: u32,
+    pub max_attempts: NonZeroU32,
     /// No new attempt starts this long after the request arrived.
     pub deadline_ms: u64,
     /// Request bodies up to this size are buffered for rescue and rewriting;
@@ -31,7 +49,7 @@ pub struct Rescue {
 
 impl Rescue {
     pub const DEFAULT: Rescue = Rescue {
-        max_attempts: 3,
+        max_attempts: count(3),
         deadline_ms: 120_000,
         max_body_bytes: 512 * 1024,
         first_token_ms: None,
@@ -47,19 +65,27 @@ impl Default for Rescue {
 /// Sliding window shape: `buckets` buckets of `bucket_ms` each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowSpec {
-    pub bucket_ms: u64,
-    pub buckets: u32,
+    pub bucket_ms: NonZeroU64,
+    pub buckets: NonZeroU32,
 }
 
 impl WindowSpec {
     /// Ten buckets of one second.
     pub const DEFAULT: WindowSpec = WindowSpec {
-        bucket_ms: 1_000,
-        buckets: 10,
+        bucket_ms: millis(1_000),
+        buckets: count(10),
     };
 
+    /// A shape from its parts; `None` if either is zero.
+    pub fn new(bucket_ms: u64, buckets: u32) -> Option<WindowSpec> {
+        Some(WindowSpec {
+            bucket_ms: NonZeroU64::new(bucket_ms)?,
+            buckets: NonZeroU32::new(buckets)?,
+        })
+    }
+
     pub fn length_ms(&self) -> u64 {
-        self.bucket_ms * u64::from(self.buckets)
+        self.bucket_ms.get().saturating_mul(u64::from(self.buckets.get()))
     }
 }
 
@@ -73,7 +99,7 @@ impl Default for WindowSpec {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TripRule {
     /// Outcomes the window must hold before the ratio rule may trip.
-    pub min_requests: u32,
+    pub min_requests: NonZeroU32,
     /// Failure share (0, 1] that trips the vendor.
     pub failure_ratio: f64,
     /// Failures in a row that trip the vendor; 0 turns the rule off.
@@ -85,7 +111,7 @@ pub struct TripRule {
 impl TripRule {
     /// `slow_ratio` is set from the `slow` section, not here.
     pub const DEFAULT: TripRule = TripRule {
-        min_requests: 10,
+        min_requests: count(10),
         failure_ratio: 0.5,
         consecutive_failures: 5,
         slow_ratio: None,
@@ -151,14 +177,14 @@ impl Default for RateLimit {
 pub struct Backoff {
     pub base_ms: u64,
     pub max_ms: u64,
-    pub decay_ms: u64,
+    pub decay_ms: NonZeroU64,
 }
 
 impl Backoff {
     pub const DEFAULT: Backoff = Backoff {
         base_ms: 30_000,
         max_ms: 300_000,
-        decay_ms: 60_000,
+        decay_ms: millis(60_000),
     };
 }
 
@@ -172,9 +198,9 @@ impl Default for Backoff {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovery {
     /// Requests all workers together may send to a half-open vendor.
-    pub probes: u32,
-    /// Probe successes that close the vendor.
-    pub successes: u32,
+    pub probes: NonZeroU32,
+    /// Probe successes that close the vendor; at most `probes`.
+    pub successes: NonZeroU32,
     /// A probe slot unanswered this long is handed out again (a lost worker).
     pub probe_timeout_ms: u64,
 }
@@ -183,8 +209,8 @@ impl Recovery {
     /// `successes` is at most `probes`: with fewer probes configured, it
     /// defaults to `probes`.
     pub const DEFAULT: Recovery = Recovery {
-        probes: 3,
-        successes: 3,
+        probes: count(3),
+        successes: count(3),
         probe_timeout_ms: 120_000,
     };
 }
@@ -268,7 +294,7 @@ pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
     let Some(f) = root.section("rescue")? else {
         return Ok(d);
     };
-    let max_attempts = f.u32_in("max_attempts", d.max_attempts, 1, 10)?;
+    let max_attempts = f.count_in("max_attempts", d.max_attempts, 10)?;
     let deadline_ms = f.duration_in("deadline", d.deadline_ms, 100, 3_600_000)?;
     let max_body_bytes = f.integer_in("max_body_bytes", d.max_body_bytes, 0, 64 * 1024 * 1024)?;
     let first_token_ms = f.optional_duration("first_token_timeout", d.first_token_ms, 10, 3_600_000)?;
@@ -287,25 +313,23 @@ pub(super) fn parse_window(root: &Fields) -> Result<WindowSpec, ConfigError> {
         return Ok(d);
     };
     let length = f.duration_in("length", d.length_ms(), 100, 3_600_000)?;
-    let buckets = f.integer_in("buckets", u64::from(d.buckets), 1, u64::from(MAX_BUCKETS))?;
+    let buckets = f.count_in("buckets", d.buckets, MAX_BUCKETS)?;
     f.finish()?;
-    if length % buckets != 0 {
+    let n = NonZeroU64::from(buckets);
+    if length % n != 0 {
         return err(
             "window.buckets",
             format!("{buckets} buckets must divide the window length ({length} ms) evenly"),
         );
     }
-    let bucket_ms = length / buckets;
-    if bucket_ms < 10 {
-        return err(
+    let bucket_ms = length / n;
+    match NonZeroU64::new(bucket_ms).filter(|ms| ms.get() >= 10) {
+        Some(bucket_ms) => Ok(WindowSpec { bucket_ms, buckets }),
+        None => err(
             "window.buckets",
             format!("{buckets} buckets make {bucket_ms} ms buckets; each bucket must be at least 10ms"),
-        );
+        ),
     }
-    Ok(WindowSpec {
-        bucket_ms,
-        buckets: buckets as u32,
-    })
 }
 
 pub(super) fn parse_trip(root: &Fields) -> Result<TripRule, ConfigError> {
@@ -313,7 +337,7 @@ pub(super) fn parse_trip(root: &Fields) -> Result<TripRule, ConfigError> {
     let Some(f) = root.section("trip")? else {
         return Ok(d);
     };
-    let min_requests = f.u32_in("min_requests", d.min_requests, 1, 1_000_000)?;
+    let min_requests = f.count_in("min_requests", d.min_requests, 1_000_000)?;
     let failure_ratio = f.ratio("failure_ratio", d.failure_ratio)?;
     let consecutive_failures = f.u32_in("consecutive_failures", d.consecutive_failures, 0, 1_000_000)?;
     f.finish()?;
@@ -379,7 +403,7 @@ pub(super) fn parse_ejection(root: &Fields) -> Result<Backoff, ConfigError> {
             format!("({max_ms} ms) must not be shorter than `ejection.base` ({base_ms} ms)"),
         );
     }
-    let decay_ms = f.duration_in("decay", d.decay_ms, 100, 86_400_000)?;
+    let decay_ms = f.positive_duration_in("decay", d.decay_ms, 100, 86_400_000)?;
     f.finish()?;
     Ok(Backoff {
         base_ms,
@@ -393,8 +417,8 @@ pub(super) fn parse_recovery(root: &Fields) -> Result<Recovery, ConfigError> {
     let Some(f) = root.section("recovery")? else {
         return Ok(d);
     };
-    let probes = f.u32_in("probes", d.probes, 1, 1_000)?;
-    let successes = f.u32_in("successes", d.successes.min(probes), 1, 1_000)?;
+    let probes = f.count_in("probes", d.probes, 1_000)?;
+    let successes = f.count_in("successes", d.successes.min(probes), 1_000)?;
     if successes > probes {
         return err(
             &f.path("successes"),

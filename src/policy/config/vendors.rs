@@ -4,6 +4,7 @@ use super::reader::{err, kind, Fields};
 use super::ConfigError;
 use serde_json::Value;
 use std::fmt;
+use std::num::NonZeroU32;
 
 /// Upper bound that keeps the per-request work small.
 pub const MAX_VENDORS: usize = 64;
@@ -17,7 +18,7 @@ pub struct Vendor {
     /// Lower is preferred.
     pub priority: u32,
     /// Share of traffic among healthy vendors of the same priority.
-    pub weight: u32,
+    pub weight: NonZeroU32,
     /// `:authority` to send (the vendor's API host); `None`: unchanged.
     pub host: Option<String>,
     /// The vendor's API key, read from the environment variable the
@@ -156,7 +157,7 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
             );
         }
         let priority = f.u32_in("priority", 0, 0, 1_000)?;
-        let weight = f.u32_in("weight", 1, 1, 10_000)?;
+        let weight = f.count_in("weight", NonZeroU32::MIN, 10_000)?;
         let host = f.string("host")?;
         if let Some(h) = &host {
             if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)) {
