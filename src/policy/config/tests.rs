@@ -1,6 +1,7 @@
 //! Tests of the whole configuration: defaults, every field, every refusal, and random documents.
 
 use super::*;
+use serde_json::{Map, Value};
 use std::num::{NonZeroU32, NonZeroU64};
 
 fn n32(n: u32) -> NonZeroU32 {
@@ -433,58 +434,649 @@ fn successes_default_follows_probes() {
     assert_eq!(c.recovery.successes, n32(1));
 }
 
-/// Random configurations built from the real field names with values of
-/// every JSON type, plus random byte damage: the parser never panics,
-/// and every refusal names a field. Runs briefly here; `make fuzz`
-/// runs it longer.
+/// Every field of the configuration reference (the README's table), with
+/// `[]` standing for any list index.
+const REFERENCE: &[&str] = &[
+    "cluster_header",
+    "vendor_header",
+    "vendors",
+    "vendors[].name",
+    "vendors[].cluster",
+    "vendors[].priority",
+    "vendors[].weight",
+    "vendors[].host",
+    "vendors[].api_key_env",
+    "vendors[].paths",
+    "vendors[].models",
+    "groups",
+    "rescue.max_attempts",
+    "rescue.deadline",
+    "rescue.max_body_bytes",
+    "rescue.first_token_timeout",
+    "window.length",
+    "window.buckets",
+    "trip.min_requests",
+    "trip.failure_ratio",
+    "trip.consecutive_failures",
+    "ejection.base",
+    "ejection.max",
+    "ejection.decay",
+    "recovery.probes",
+    "recovery.successes",
+    "recovery.probe_timeout",
+    "failure_statuses",
+    "slow.first_byte",
+    "slow.stall",
+    "slow.ratio",
+    "rate_limit.default_cooldown",
+    "rate_limit.max_cooldown",
+    "all_down",
+    "refresh_interval",
+];
+
+/// The fields inside the reference's compound values, and the sections.
+const INNER: &[&str] = &[
+    "vendors[]",
+    "vendors[].paths.openai",
+    "vendors[].paths.anthropic",
+    "groups[]",
+    "groups[].models",
+    "groups[].targets",
+    "groups[].targets[]",
+    "groups[].targets[].vendor",
+    "groups[].targets[].model",
+    "groups[].targets[].context_window",
+    "rescue",
+    "window",
+    "trip",
+    "ejection",
+    "recovery",
+    "slow",
+    "rate_limit",
+];
+
 #[test]
-fn property_any_input_is_parsed_or_refused_with_a_field() {
-    let rounds: u64 = std::env::var("LLMF_FUZZ_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3_000);
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
+fn the_reference_list_is_the_readme_table() {
+    let readme = include_str!("../../../README.md");
+    let table = readme.split("## Configuration reference").nth(1).unwrap();
+    let table = table.split("\n## ").next().unwrap();
+    let mut documented: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    documented.sort_unstable();
+    let mut listed = REFERENCE.to_vec();
+    listed.sort_unstable();
+    assert_eq!(documented, listed);
+}
+
+/// A field path with every list index written `[]`.
+fn normalized(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push_str("[]");
+            }
+            ']' if in_index => in_index = false,
+            _ if in_index => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Every path in `value`, written as the parser writes field paths.
+fn paths_in(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                out.push(path.clone());
+                paths_in(child, &path, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let path = format!("{prefix}[{i}]");
+                out.push(path.clone());
+                paths_in(child, &path, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether a refusal's `field` is real: `(root)` for a document that is no
+/// JSON object; otherwise a path the document holds, or a reference field
+/// the document lacks inside an object it holds (a required field, or the
+/// one a cross-field rule blames).
+fn names_a_real_field(field: &str, doc: Option<&Value>) -> bool {
+    let Some(doc @ Value::Object(_)) = doc else {
+        return field == "(root)";
     };
-    let keys = [
-        "cluster_header",
-        "vendor_header",
-        "vendors",
-        "window",
-        "trip",
-        "ejection",
-        "recovery",
-        "failure_statuses",
-        "all_down",
-        "refresh_interval",
-        "slow",
-        "rate_limit",
-        "name",
-        "cluster",
-        "priority",
-        "weight",
-        "length",
-        "buckets",
-        "min_requests",
-        "failure_ratio",
-        "consecutive_failures",
-        "base",
-        "max",
-        "decay",
-        "probes",
-        "successes",
-        "probe_timeout",
-        "first_byte",
-        "stall",
-        "ratio",
-        "default_cooldown",
-        "max_cooldown",
-        "bogus",
-    ];
+    let mut paths = Vec::new();
+    paths_in(doc, "", &mut paths);
+    if paths.iter().any(|p| p == field) {
+        return true;
+    }
+    let n = normalized(field);
+    let known = REFERENCE.contains(&n.as_str()) || INNER.contains(&n.as_str());
+    let parent_held = match field.rsplit_once('.') {
+        Some((parent, _)) => paths.iter().any(|p| p == parent),
+        None => true,
+    };
+    known && parent_held
+}
+
+/// What every parsed configuration satisfies, and what it must echo of
+/// the document it came from.
+fn assert_invariants(c: &Config, doc: &Value) {
+    let n = c.vendors.len();
+    assert!((1..=MAX_VENDORS).contains(&n));
+    let names: Vec<&str> = doc["vendors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(c.vendors.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), names);
+    for v in &c.vendors {
+        assert!(v.priority <= 1_000 && v.weight.get() <= 10_000, "{v:?}");
+        assert!(!v.cluster.is_empty() && v.cluster.bytes().all(|b| b.is_ascii_graphic()));
+        assert!(!matches!(&v.paths, Paths::Only(list) if list.is_empty()));
+        assert!(!matches!(&v.models, Some(map) if map.is_empty()));
+    }
+    // By priority, equal priorities in config order.
+    let mut order = c.by_preference.clone();
+    order.sort_unstable();
+    assert_eq!(order, (0..n).collect::<Vec<_>>());
+    for w in c.by_preference.windows(2) {
+        let (a, b) = (c.vendors[w[0]].priority, c.vendors[w[1]].priority);
+        assert!(a < b || (a == b && w[0] < w[1]), "{:?}", c.by_preference);
+    }
+    // Units: every vendor's pass-through unit first, then distinct model units.
+    for (i, u) in c.units.iter().enumerate() {
+        if i < n {
+            assert_eq!(u, &Unit { vendor: i, model: None });
+        } else {
+            assert!(u.vendor < n && u.model.is_some(), "{u:?}");
+        }
+        assert!(!c.units[..i].contains(u), "unit {u:?} listed twice");
+    }
+    for (i, v) in c.vendors.iter().enumerate() {
+        for (_, to) in v.models.iter().flatten() {
+            let unit = Unit {
+                vendor: i,
+                model: Some(to.clone()),
+            };
+            assert!(c.units.contains(&unit), "no unit for {unit:?}");
+        }
+    }
+    // Groups: as many as listed; targets name existing vendors and units.
+    assert_eq!(
+        c.groups.len(),
+        doc.get("groups").and_then(Value::as_array).map_or(0, Vec::len)
+    );
+    for (i, g) in c.groups.iter().enumerate() {
+        assert!(!g.models.is_empty() && !g.targets.is_empty());
+        for m in &g.models {
+            assert!(c.groups[..i].iter().all(|e| !e.models.contains(m)), "{m} in two groups");
+        }
+        for t in &g.targets {
+            assert!(t.vendor < n);
+            let unit = Unit {
+                vendor: t.vendor,
+                model: t.model.clone(),
+            };
+            assert_eq!(c.units[t.unit], unit);
+            assert_ne!(t.context_window, Some(0));
+        }
+    }
+    // Tuning.
+    let w = c.window;
+    assert!(w.bucket_ms.get() >= 10 && w.buckets.get() <= MAX_BUCKETS, "{w:?}");
+    assert!((100..=3_600_000).contains(&w.length_ms()), "{w:?}");
+    assert!(c.trip.failure_ratio > 0.0 && c.trip.failure_ratio <= 1.0);
+    assert!(c.trip.min_requests.get() <= 1_000_000 && c.trip.consecutive_failures <= 1_000_000);
+    let slow_limited = c.slow.first_byte_ms.is_some() || c.slow.stall_ms.is_some();
+    assert_eq!(c.trip.slow_ratio, slow_limited.then_some(c.slow.ratio));
+    assert!(c.slow.ratio > 0.0 && c.slow.ratio <= 1.0);
+    assert!(
+        c.ejection.base_ms >= 100 && c.ejection.max_ms >= c.ejection.base_ms,
+        "{:?}",
+        c.ejection
+    );
+    assert!(c.ejection.decay_ms.get() >= 100);
+    assert!(c.recovery.successes <= c.recovery.probes && c.recovery.probes.get() <= 1_000);
+    assert!(c.rate_limit.max_cooldown_ms >= c.rate_limit.default_cooldown_ms);
+    assert!(c.rescue.max_attempts.get() <= 10 && c.rescue.deadline_ms >= 100);
+    assert!(c.rescue.max_body_bytes <= 64 * 1024 * 1024);
+    assert!((100..=60_000).contains(&c.refresh_ms));
+    assert!(!c.cluster_header.is_empty());
+    assert_ne!(c.vendor_header.as_deref(), Some(c.cluster_header.as_str()));
+}
+
+/// xorshift64: deterministic, so a failing round can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn one_in(&mut self, n: u64) -> bool {
+        self.next().is_multiple_of(n)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())].clone()
+    }
+}
+
+/// Fields a document may get wrong on purpose: the reference's, and those
+/// inside its compound values.
+const FAULTS: &[&str] = &[
+    "vendors[].paths.openai",
+    "vendors[].paths.anthropic",
+    "groups[].models",
+    "groups[].targets",
+    "groups[].targets[].vendor",
+    "groups[].targets[].model",
+    "groups[].targets[].context_window",
+];
+
+/// A field: its key, values the reference allows, values it does not.
+type Field<'a> = (&'a str, &'a [&'a str], &'a [&'a str]);
+
+fn values(texts: &[&str]) -> Vec<Value> {
+    texts.iter().map(|t| serde_json::from_str(t).unwrap()).collect()
+}
+
+/// Builds documents along the configuration reference: each field present
+/// or not, with a value the reference allows, except for the one field
+/// given a bad value on purpose (`fault`) and, at odds of 1 in `bad_odds`
+/// (0: never), any other.
+struct Gen {
+    rng: Rng,
+    fault: Option<&'static str>,
+    bad_odds: u64,
+}
+
+impl Gen {
+    fn is_fault(&self, path: &str) -> bool {
+        self.fault == Some(path)
+    }
+
+    /// Whether something at `path` (a reference path) goes wrong this time.
+    fn goes_bad(&mut self, path: &str, odds_factor: u64) -> bool {
+        self.is_fault(path) || (self.bad_odds > 0 && self.rng.one_in(self.bad_odds * odds_factor))
+    }
+
+    /// Whether to write `path`: always when the fault lies at or under it,
+    /// otherwise with odds 1 in `odds`.
+    fn writes(&mut self, path: &str, odds: u64) -> bool {
+        let under = self.fault.is_some_and(|f| {
+            f.strip_prefix(path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        });
+        under || self.rng.one_in(odds)
+    }
+
+    /// One of `good`, or when `path` goes bad one of `bad` or junk.
+    fn value(&mut self, path: &str, good: &[&str], bad: &[&str]) -> Value {
+        if self.goes_bad(path, 1) {
+            return self.bad(bad);
+        }
+        self.rng.pick(&values(good))
+    }
+
+    /// Mostly one of `bad`, otherwise junk of any type.
+    fn bad(&mut self, bad: &[&str]) -> Value {
+        let junk = ["null", "true", "-1", "1.5", "\"x\"", "[]", "{}", "18446744073709551615"];
+        if !bad.is_empty() && !self.rng.one_in(3) {
+            return self.rng.pick(&values(bad));
+        }
+        self.rng.pick(&values(&junk))
+    }
+
+    fn maybe_unknown(&mut self, map: &mut Map<String, Value>) {
+        if self.bad_odds > 0 && self.rng.one_in(self.bad_odds * 3) {
+            map.insert("bogus".into(), Value::from(1));
+        }
+    }
+
+    /// A section holding each of `fields` with odds 1 in 2; now and then
+    /// no object at all.
+    fn section(&mut self, path: &str, fields: &[Field]) -> Value {
+        if self.bad_odds > 0 && self.rng.one_in(self.bad_odds * 2) {
+            return self.bad(&["5", "\"x\"", "[]", "null"]);
+        }
+        let mut map = Map::new();
+        for (key, good, bad) in fields {
+            let field = format!("{path}.{key}");
+            if self.writes(&field, 2) {
+                map.insert(key.to_string(), self.value(&field, good, bad));
+            }
+        }
+        self.maybe_unknown(&mut map);
+        Value::Object(map)
+    }
+
+    fn vendor(&mut self, i: usize) -> Value {
+        let mut v = Map::new();
+        let dropped = self.goes_bad("vendors[].name", 3) && self.rng.one_in(3);
+        if !dropped {
+            let name = format!("\"v{i}\"");
+            let long = format!("\"{}\"", "a".repeat(65));
+            let bad = ["\"\"", "\"Open AI\"", "\"v0\"", &long, "7"];
+            v.insert("name".into(), self.value("vendors[].name", &[&name], &bad));
+        }
+        let long = format!("\"{}\"", "c".repeat(256));
+        let fields: [Field; 5] = [
+            (
+                "cluster",
+                &["\"c1\"", "\"outbound|443||api.openai.com\"", "\"openai_api\""],
+                &["\"has space\"", "\"\"", &long],
+            ),
+            ("priority", &["0", "1", "2", "1000"], &["1001", "\"1\""]),
+            ("weight", &["1", "2", "3", "10000"], &["0", "10001", "\"2\""]),
+            (
+                "host",
+                &["\"api.openai.com\"", "\"localhost:8080\"", "\"[::1]:443\""],
+                &["\"bad host\"", "\"\"", "\"a/b\""],
+            ),
+            (
+                "api_key_env",
+                &["\"KEY_A\""],
+                &["\"KEY_EMPTY\"", "\"KEY_BAD\"", "\"NOPE\""],
+            ),
+        ];
+        for (key, good, bad) in fields {
+            let field = format!("vendors[].{key}");
+            if self.writes(&field, 3) {
+                v.insert(key.into(), self.value(&field, good, bad));
+            }
+        }
+        if self.writes("vendors[].paths", 3) {
+            let paths = if self.goes_bad("vendors[].paths", 2) {
+                self.bad(&["{}", "[]", "\"/v1\""])
+            } else {
+                let mut map = Map::new();
+                let formats: [Field; 2] = [
+                    (
+                        "openai",
+                        &["\"/v1/chat/completions\"", "\"/openai/v1/chat/completions\""],
+                        &["\"v1/chat\"", "\"/a b\""],
+                    ),
+                    ("anthropic", &["\"/v1/messages\""], &["\"messages\""]),
+                ];
+                for (key, good, bad) in formats {
+                    let field = format!("vendors[].paths.{key}");
+                    if self.writes(&field, 2) || map.is_empty() {
+                        map.insert(key.into(), self.value(&field, good, bad));
+                    }
+                }
+                self.maybe_unknown(&mut map);
+                Value::Object(map)
+            };
+            v.insert("paths".into(), paths);
+        }
+        if self.writes("vendors[].models", 3) {
+            let models = if self.goes_bad("vendors[].models", 1) {
+                self.bad(&["{}", "[]", "\"m\""])
+            } else {
+                let mut map = Map::new();
+                for _ in 0..1 + self.rng.below(3) {
+                    let key = if self.goes_bad("vendors[].models.*", 2) {
+                        ""
+                    } else {
+                        self.rng.pick(&["gpt-4o", "claude", "*", "m1", "m2"])
+                    };
+                    let good = ["\"gpt-4.1\"", "\"claude-sonnet-4-5\"", "\"m1\""];
+                    let to = self.value("vendors[].models.*", &good, &["\"\"", "5"]);
+                    map.insert(key.into(), to);
+                }
+                Value::Object(map)
+            };
+            v.insert("models".into(), models);
+        }
+        self.maybe_unknown(&mut v);
+        Value::Object(v)
+    }
+
+    fn group(&mut self, vendors: &[String]) -> Value {
+        let mut g = Map::new();
+        let models = if self.goes_bad("groups[].models", 3) {
+            (!self.rng.one_in(3)).then(|| self.bad(&["\"\"", "[]", "3"]))
+        } else if self.rng.one_in(10) {
+            Some(self.value("groups[].models[]", &["\"m1\"", "\"opus\""], &["\"\""]))
+        } else {
+            let good = ["\"m1\"", "\"m2\"", "\"opus\"", "\"gpt\"", "\"claude\""];
+            let list = (0..1 + self.rng.below(3))
+                .map(|_| self.value("groups[].models[]", &good, &["\"\"", "3"]))
+                .collect();
+            Some(Value::Array(list))
+        };
+        if let Some(m) = models {
+            g.insert("models".into(), m);
+        }
+        let targets = if self.goes_bad("groups[].targets", 3) {
+            (!self.rng.one_in(3)).then(|| self.bad(&["[]", "{}"]))
+        } else {
+            let mut targets = Vec::new();
+            for _ in 0..1 + self.rng.below(3) {
+                let mut t = Map::new();
+                let dropped = self.goes_bad("groups[].targets[].vendor", 3) && self.rng.one_in(3);
+                if !dropped {
+                    let name = format!("{:?}", self.rng.pick(vendors));
+                    let vendor = self.value("groups[].targets[].vendor", &[&name], &["\"nope\"", "1"]);
+                    t.insert("vendor".into(), vendor);
+                }
+                if self.writes("groups[].targets[].model", 2) {
+                    let good = ["\"gpt-4.1\"", "\"claude-opus-4-1\"", "\"m1\""];
+                    let model = self.value("groups[].targets[].model", &good, &["\"\"", "3"]);
+                    t.insert("model".into(), model);
+                }
+                if self.writes("groups[].targets[].context_window", 3) {
+                    let good = ["1", "8000", "200000", "1000000"];
+                    let window = self.value("groups[].targets[].context_window", &good, &["0", "-1", "\"big\""]);
+                    t.insert("context_window".into(), window);
+                }
+                self.maybe_unknown(&mut t);
+                targets.push(Value::Object(t));
+            }
+            Some(Value::Array(targets))
+        };
+        if let Some(t) = targets {
+            g.insert("targets".into(), t);
+        }
+        self.maybe_unknown(&mut g);
+        Value::Object(g)
+    }
+
+    fn document(&mut self) -> Value {
+        let mut doc = Map::new();
+        let headers: [Field; 2] = [
+            (
+                "cluster_header",
+                &["\"x-route\"", "\"x-llm-failover-cluster\""],
+                &["\"\"", "\"X-Upper\"", "\"a b\"", "\"x-llm-failover-vendor\""],
+            ),
+            (
+                "vendor_header",
+                &["\"\"", "\"x-served-by\"", "\"x-llm-failover-vendor\""],
+                &["\"Bad\"", "\"x-llm-failover-cluster\""],
+            ),
+        ];
+        for (key, good, bad) in headers {
+            if self.writes(key, 4) {
+                doc.insert(key.into(), self.value(key, good, bad));
+            }
+        }
+        let count = 1 + self.rng.below(4);
+        let names: Vec<String> = (0..count).map(|i| format!("v{i}")).collect();
+        if self.goes_bad("vendors", 5) {
+            if !self.rng.one_in(3) {
+                doc.insert("vendors".into(), self.bad(&["[]", "{}", "\"v\""]));
+            }
+        } else {
+            let vendors = (0..count).map(|i| self.vendor(i)).collect();
+            doc.insert("vendors".into(), Value::Array(vendors));
+        }
+        if self.writes("groups", 3) {
+            let groups = if self.goes_bad("groups", 2) {
+                self.bad(&["{}", "\"g\""])
+            } else {
+                let under = self.fault.is_some_and(|f| f.starts_with("groups[]"));
+                let n = self.rng.below(4).max(usize::from(under));
+                Value::Array((0..n).map(|_| self.group(&names)).collect())
+            };
+            doc.insert("groups".into(), groups);
+        }
+        let duration = [
+            "\"100ms\"",
+            "\"1s\"",
+            "\"10s\"",
+            "\"30s\"",
+            "\"1m\"",
+            "\"5m\"",
+            "\"1h\"",
+        ];
+        let off = ["\"off\"", "null", "\"10ms\"", "\"2s\"", "\"60s\""];
+        let bad_duration = ["\"soon\"", "\"10\"", "\"0s\"", "\"1ms\"", "\"25h\"", "5"];
+        let sections: [(&str, &[Field]); 7] = [
+            (
+                "rescue",
+                &[
+                    ("max_attempts", &["1", "2", "3", "10"], &["0", "11", "\"3\""]),
+                    ("deadline", &duration, &bad_duration),
+                    (
+                        "max_body_bytes",
+                        &["0", "1024", "524288", "67108864"],
+                        &["67108865", "\"1k\""],
+                    ),
+                    ("first_token_timeout", &off, &bad_duration),
+                ],
+            ),
+            (
+                "window",
+                &[
+                    (
+                        "length",
+                        &["\"100ms\"", "\"1s\"", "\"10s\"", "\"30s\"", "\"1h\""],
+                        &bad_duration,
+                    ),
+                    ("buckets", &["1", "2", "10", "30", "120"], &["0", "121", "3"]),
+                ],
+            ),
+            (
+                "trip",
+                &[
+                    ("min_requests", &["1", "5", "10", "1000000"], &["0", "1000001"]),
+                    ("failure_ratio", &["0.25", "0.5", "1"], &["0", "1.5", "\"half\""]),
+                    ("consecutive_failures", &["0", "1", "5", "1000000"], &["1000001"]),
+                ],
+            ),
+            (
+                "ejection",
+                &[
+                    ("base", &["\"100ms\"", "\"2s\"", "\"30s\"", "\"1m\""], &bad_duration),
+                    (
+                        "max",
+                        &["\"1m\"", "\"5m\"", "\"24h\""],
+                        &["\"100ms\"", "\"25h\"", "\"soon\""],
+                    ),
+                    ("decay", &duration, &bad_duration),
+                ],
+            ),
+            (
+                "recovery",
+                &[
+                    ("probes", &["1", "2", "3", "5", "1000"], &["0", "1001"]),
+                    ("successes", &["1", "2", "3", "5"], &["0", "1001"]),
+                    ("probe_timeout", &duration, &bad_duration),
+                ],
+            ),
+            (
+                "slow",
+                &[
+                    ("first_byte", &off, &bad_duration),
+                    ("stall", &off, &bad_duration),
+                    ("ratio", &["0.1", "0.5", "1"], &["0", "2"]),
+                ],
+            ),
+            (
+                "rate_limit",
+                &[
+                    (
+                        "default_cooldown",
+                        &["\"0s\"", "\"5s\"", "\"1m\""],
+                        &["\"2h\"", "\"x\""],
+                    ),
+                    ("max_cooldown", &["\"1m\"", "\"5m\"", "\"24h\""], &["\"0s\"", "\"25h\""]),
+                ],
+            ),
+        ];
+        for (key, fields) in sections {
+            if self.writes(key, 3) {
+                let section = self.section(key, fields);
+                doc.insert(key.into(), section);
+            }
+        }
+        if self.writes("failure_statuses", 4) {
+            let statuses = if self.goes_bad("failure_statuses", 2) {
+                self.bad(&["503", "\"500\"", "{}"])
+            } else {
+                let good = ["100", "401", "429", "500", "503", "529", "599"];
+                let list = (0..self.rng.below(5))
+                    .map(|_| self.value("failure_statuses[]", &good, &["99", "600"]))
+                    .collect();
+                Value::Array(list)
+            };
+            doc.insert("failure_statuses".into(), statuses);
+        }
+        let tail: [Field; 2] = [
+            ("all_down", &["\"soonest\"", "\"reject\""], &["\"panic\""]),
+            (
+                "refresh_interval",
+                &["\"100ms\"", "\"1s\"", "\"1m\""],
+                &["\"1ms\"", "\"2m\""],
+            ),
+        ];
+        for (key, good, bad) in tail {
+            if self.writes(key, 4) {
+                doc.insert(key.into(), self.value(key, good, bad));
+            }
+        }
+        self.maybe_unknown(&mut doc);
+        Value::Object(doc)
+    }
+}
+
+/// Any JSON of the configuration's field names and odd scalars, nested at
+/// random: reaches the shapes the reference-shaped documents do not.
+fn raw_document(rng: &mut Rng) -> Vec<u8> {
+    let keys: Vec<&str> = REFERENCE
+        .iter()
+        .chain(INNER)
+        .map(|f| f.rsplit(['.', ']']).next().unwrap_or(f))
+        .chain(["openai", "anthropic", "bogus"])
+        .collect();
     let scalars = [
         "0",
         "1",
@@ -503,51 +1095,114 @@ fn property_any_input_is_parsed_or_refused_with_a_field() {
         "\"soonest\"",
         "\"a\"",
         "\"x-h\"",
+        "\"/v1/messages\"",
         "\"\\u0000\"",
         "[]",
         "{}",
         "[503]",
         "[600]",
     ];
-    fn value(depth: u32, next: &mut dyn FnMut() -> u64, keys: &[&str], scalars: &[&str]) -> String {
-        match next() % 4 {
-            0 if depth < 3 => {
-                let n = next() % 5;
-                let fields: Vec<String> = (0..n)
-                    .map(|_| {
-                        let k = keys[(next() % keys.len() as u64) as usize];
-                        format!("\"{k}\":{}", value(depth + 1, next, keys, scalars))
-                    })
+    fn value(depth: u32, rng: &mut Rng, keys: &[&str], scalars: &[&str]) -> String {
+        match rng.next() % 4 {
+            0 if depth < 4 => {
+                let fields: Vec<String> = (0..rng.below(5))
+                    .map(|_| format!("\"{}\":{}", rng.pick(keys), value(depth + 1, rng, keys, scalars)))
                     .collect();
                 format!("{{{}}}", fields.join(","))
             }
-            1 if depth < 3 => {
-                let n = next() % 4;
-                let items: Vec<String> = (0..n).map(|_| value(depth + 1, next, keys, scalars)).collect();
+            1 if depth < 4 => {
+                let items: Vec<String> = (0..rng.below(4))
+                    .map(|_| value(depth + 1, rng, keys, scalars))
+                    .collect();
                 format!("[{}]", items.join(","))
             }
-            _ => scalars[(next() % scalars.len() as u64) as usize].to_string(),
+            _ => rng.pick(scalars).to_string(),
         }
     }
-    for _ in 0..rounds {
-        let mut doc = value(0, &mut next, &keys, &scalars).into_bytes();
-        if next() % 3 == 0 {
-            doc = format!(
-                r#"{{"vendors":[{{"name":"a"}}],{}"#,
-                String::from_utf8_lossy(&doc[1.min(doc.len())..])
-            )
-            .into_bytes();
-        }
-        if next() % 5 == 0 && !doc.is_empty() {
-            let at = (next() % doc.len() as u64) as usize;
-            doc[at] = (next() % 256) as u8;
-        }
-        match Config::parse(&doc) {
-            Ok(c) => assert!(!c.vendors.is_empty()),
-            Err(e) => {
-                assert!(!e.field.is_empty(), "no field for {:?}", String::from_utf8_lossy(&doc));
-                assert!(!e.problem.is_empty());
+    let doc = value(0, rng, &keys, &scalars);
+    if rng.one_in(3) {
+        // Inside a document that has a vendor, so the parser goes further.
+        format!(r#"{{"vendors":[{{"name":"a"}}],{}"#, doc.get(1..).unwrap_or_default()).into_bytes()
+    } else {
+        doc.into_bytes()
+    }
+}
+
+/// Random configurations: documents along the configuration reference
+/// (every field, good and bad values), raw nestings of its field names
+/// with odd scalars, and random byte damage. Each is parsed into a config
+/// that keeps its invariants, or refused naming a real field; never a
+/// panic. Every reference field is seen both in parsed documents and in
+/// refusals. Runs briefly here; `make fuzz` runs it longer.
+#[test]
+fn property_any_input_is_parsed_or_refused_with_a_field() {
+    const DEFAULT_ROUNDS: u64 = 3_000;
+    let rounds: u64 = std::env::var("LLMF_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_ROUNDS);
+    let env = |name: &str| match name {
+        "KEY_A" => Some("sk-test".to_string()),
+        "KEY_EMPTY" => Some(String::new()),
+        "KEY_BAD" => Some("has space".to_string()),
+        _ => None,
+    };
+    let mut gen = Gen {
+        rng: Rng(0x2545_f491_4f6c_dd1d),
+        fault: None,
+        bad_odds: 0,
+    };
+    let faults: Vec<&'static str> = REFERENCE.iter().chain(FAULTS).copied().collect();
+    let mut accepted: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    let mut parsed = 0u64;
+    for round in 0..rounds {
+        // A quarter each: raw nestings; good documents; documents with one
+        // field wrong; documents where anything may go wrong.
+        let mut doc = match round % 4 {
+            0 => raw_document(&mut gen.rng),
+            r => {
+                gen.fault = (r == 2).then(|| gen.rng.pick(&faults));
+                gen.bad_odds = if r == 3 { 8 } else { 0 };
+                serde_json::to_vec(&gen.document()).unwrap()
             }
+        };
+        if gen.rng.one_in(10) && !doc.is_empty() {
+            let at = gen.rng.below(doc.len());
+            doc[at] = gen.rng.next() as u8;
+        }
+        let text = String::from_utf8_lossy(&doc).into_owned();
+        let value: Option<Value> = serde_json::from_slice(&doc).ok();
+        match Config::parse_with_env(&doc, &env) {
+            Ok(c) => {
+                parsed += 1;
+                let value = value.expect("a parsed config is JSON");
+                assert_invariants(&c, &value);
+                let mut paths = Vec::new();
+                paths_in(&value, "", &mut paths);
+                accepted.extend(paths.iter().map(|p| normalized(p)));
+                accepted.sort_unstable();
+                accepted.dedup();
+            }
+            Err(e) => {
+                assert!(
+                    names_a_real_field(&e.field, value.as_ref()),
+                    "refusal names no field of the document: {e} in {text}"
+                );
+                assert!(!e.problem.is_empty(), "{text}");
+                refused.push(normalized(&e.field));
+                refused.sort_unstable();
+                refused.dedup();
+            }
+        }
+    }
+    if rounds >= DEFAULT_ROUNDS {
+        assert!(parsed >= rounds / 10, "only {parsed} of {rounds} documents parsed");
+        for field in REFERENCE {
+            assert!(accepted.iter().any(|f| f == field), "no parsed document holds {field}");
+        }
+        for field in &faults {
+            assert!(refused.iter().any(|f| f == field), "no refusal names {field}");
         }
     }
 }
