@@ -9,7 +9,7 @@ pub use groups::{Group, Target};
 pub use reader::parse_duration;
 pub use tuning::{
     AllDown, Backoff, RateLimit, Recovery, Rescue, SlowLimits, StatusSet, TripRule, WindowSpec,
-    DEFAULT_FAILURE_STATUSES, MAX_BUCKETS,
+    DEFAULT_FAILURE_STATUSES, DEFAULT_REFRESH_MS, MAX_BUCKETS,
 };
 pub use vendors::{Format, Paths, Secret, Unit, Vendor, MAX_VENDORS};
 

@@ -419,6 +419,38 @@ fn adaptation_errors_name_their_field() {
 }
 
 #[test]
+fn a_zero_count_is_out_of_range_like_any_other() {
+    let cases = [
+        (
+            r#""rescue":{"max_attempts":0}"#,
+            "must be a whole number from 1 to 10, got 0",
+        ),
+        (
+            r#""window":{"buckets":0}"#,
+            "must be a whole number from 1 to 120, got 0",
+        ),
+        (
+            r#""trip":{"min_requests":0}"#,
+            "must be a whole number from 1 to 1000000, got 0",
+        ),
+        (
+            r#""recovery":{"successes":0}"#,
+            "must be a whole number from 1 to 1000, got 0",
+        ),
+        (
+            r#""ejection":{"decay":"0s"}"#,
+            r#""0s" (0 ms) must be from 100 ms to 86400000 ms"#,
+        ),
+    ];
+    for (section, problem) in cases {
+        let e = parse(&format!(r#"{{"vendors":[{{"name":"a"}}],{section}}}"#)).unwrap_err();
+        assert_eq!(e.problem, problem, "{section}");
+    }
+    let e = parse(r#"{"vendors":[{"name":"a","weight":0}]}"#).unwrap_err();
+    assert_eq!(e.problem, "must be a whole number from 1 to 10000, got 0");
+}
+
+#[test]
 fn slowness_limits_can_be_turned_off() {
     let c = parse(r#"{"vendors":[{"name":"a"}],"slow":{"first_byte":"off","stall":null}}"#).unwrap();
     assert_eq!((c.slow.first_byte_ms, c.slow.stall_ms), (None, None));
