@@ -62,10 +62,7 @@ mod tests {
     use crate::policy::config::WindowSpec;
     use crate::policy::health::{Phase, Ticket, VendorState, Verdict};
 
-    const SPEC: WindowSpec = WindowSpec {
-        bucket_ms: 1_000,
-        buckets: 10,
-    };
+    const SPEC: WindowSpec = WindowSpec::DEFAULT;
 
     #[test]
     fn successes_of_one_bucket_share_an_entry() {

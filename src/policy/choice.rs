@@ -11,6 +11,7 @@ use crate::policy::health::{Availability, Phase, Rules, Ticket, Transition};
 use crate::policy::plan::{Attempt, Candidate};
 use crate::policy::store::{self, Store};
 use crate::policy::view::View;
+use std::num::NonZeroU64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Choice {
@@ -293,14 +294,20 @@ pub fn choose<S: Store + ?Sized>(
 /// Smooth-enough weighted round robin: turn `n` lands on the candidate whose
 /// cumulative weight range holds `n mod total`.
 fn weighted_pick(standing: &[(&Candidate, Standing)], turn: &mut u64) -> usize {
-    if standing.len() <= 1 {
+    let Some(((first, _), rest)) = standing.split_first() else {
+        return 0;
+    };
+    if rest.is_empty() {
         return 0;
     }
-    let total: u64 = standing.iter().map(|(c, _)| u64::from(c.weight)).sum();
-    let mut slot = *turn % total.max(1);
+    // Weights are never zero, so neither is their sum.
+    let total = rest.iter().fold(NonZeroU64::from(first.weight), |sum, (c, _)| {
+        sum.saturating_add(u64::from(c.weight.get()))
+    });
+    let mut slot = *turn % total;
     *turn = turn.wrapping_add(1);
     for (i, (c, _)) in standing.iter().enumerate() {
-        let w = u64::from(c.weight);
+        let w = u64::from(c.weight.get());
         if slot < w {
             return i;
         }

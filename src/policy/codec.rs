@@ -53,7 +53,7 @@ pub fn encoded_len(buckets: u32) -> usize {
 
 pub fn encode(state: &VendorState) -> Vec<u8> {
     let spec = state.window.spec();
-    let mut out = Vec::with_capacity(encoded_len(spec.buckets));
+    let mut out = Vec::with_capacity(encoded_len(spec.buckets.get()));
     out.extend_from_slice(&MAGIC);
     out.push(FORMAT_VERSION);
     let (tag, a, b, c) = match state.phase {
@@ -79,8 +79,8 @@ pub fn encode(state: &VendorState) -> Vec<u8> {
     out.extend_from_slice(&b.to_le_bytes());
     out.extend_from_slice(&c.to_le_bytes());
     out.extend_from_slice(&state.cooldown_until_ms.to_le_bytes());
-    out.extend_from_slice(&(spec.bucket_ms.min(u64::from(u32::MAX)) as u32).to_le_bytes());
-    out.extend_from_slice(&spec.buckets.to_le_bytes());
+    out.extend_from_slice(&(spec.bucket_ms.get().min(u64::from(u32::MAX)) as u32).to_le_bytes());
+    out.extend_from_slice(&spec.buckets.get().to_le_bytes());
     out.extend_from_slice(&state.window.head().to_le_bytes());
     for bucket in state.window.ring() {
         out.extend_from_slice(&bucket.successes.to_le_bytes());
@@ -128,7 +128,8 @@ pub fn decode(bytes: &[u8], spec: WindowSpec) -> Result<VendorState, DecodeError
     };
     let bucket_ms = u64::from(r.u32()?);
     let buckets = r.u32()?;
-    if bucket_ms != spec.bucket_ms || buckets != spec.buckets {
+    let stored = WindowSpec::new(bucket_ms, buckets).ok_or(DecodeError::Corrupt("zero window shape"))?;
+    if stored != spec {
         return Err(DecodeError::WindowChanged);
     }
     if bytes.len() != encoded_len(buckets) {
@@ -200,10 +201,7 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
-    const SPEC: WindowSpec = WindowSpec {
-        bucket_ms: 1_000,
-        buckets: 10,
-    };
+    const SPEC: WindowSpec = WindowSpec::DEFAULT;
 
     fn busy_state() -> VendorState {
         let mut s = VendorState::new(SPEC);
@@ -276,10 +274,23 @@ mod tests {
         blob[2] = 9;
         assert_eq!(decode(&blob, SPEC), Err(DecodeError::Version(9)));
         let blob = encode(&busy_state());
-        let other = WindowSpec {
-            bucket_ms: 2_000,
-            buckets: 10,
-        };
+        let other = WindowSpec::new(2_000, 10).unwrap();
         assert_eq!(decode(&blob, other), Err(DecodeError::WindowChanged));
+    }
+
+    #[test]
+    fn a_zero_window_shape_is_corrupt_even_with_a_good_checksum() {
+        for at in [52, 56] {
+            let mut blob = encode(&busy_state());
+            blob[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+            let body = blob.len() - 4;
+            let sum = fnv1a(&blob[..body]);
+            blob[body..].copy_from_slice(&sum.to_le_bytes());
+            assert_eq!(
+                decode(&blob, SPEC),
+                Err(DecodeError::Corrupt("zero window shape")),
+                "zero at byte {at}"
+            );
+        }
     }
 }

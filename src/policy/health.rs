@@ -264,7 +264,7 @@ impl VendorState {
             Phase::HalfOpen {
                 taken, last_probe_ms, ..
             } => {
-                if taken < rules.recovery.probes || probes_lost(now_ms, last_probe_ms, rules) {
+                if taken < rules.recovery.probes.get() || probes_lost(now_ms, last_probe_ms, rules) {
                     Availability::Probe
                 } else {
                     Availability::Unavailable {
@@ -286,7 +286,7 @@ impl VendorState {
                 return None;
             }
             let mut t = self.transition(PhaseKind::Open, now_ms, None);
-            t.probes = (0, rules.recovery.successes);
+            t.probes = (0, rules.recovery.successes.get());
             transition = Some(t);
             self.enter(Phase::HalfOpen {
                 taken: 0,
@@ -309,7 +309,7 @@ impl VendorState {
         } else {
             taken
         };
-        if taken >= rules.recovery.probes {
+        if taken >= rules.recovery.probes.get() {
             return None;
         }
         self.phase = Phase::HalfOpen {
@@ -384,9 +384,9 @@ impl VendorState {
                     Verdict::Failure | Verdict::Slow => Some(self.eject(now_ms, rules, false)),
                     Verdict::Success => {
                         let successes = successes + 1;
-                        if successes >= rules.recovery.successes {
+                        if successes >= rules.recovery.successes.get() {
                             let mut t = self.transition(PhaseKind::HalfOpen, now_ms, None);
-                            t.probes = (successes, rules.recovery.successes);
+                            t.probes = (successes, rules.recovery.successes.get());
                             self.enter(Phase::Closed);
                             self.closed_at_ms = now_ms;
                             self.consecutive_failures = 0;
@@ -458,7 +458,7 @@ impl VendorState {
             return true;
         }
         let t = self.window.totals(now_ms);
-        let enough = t.requests() >= u64::from(trip.min_requests) && t.requests() > 0;
+        let enough = t.requests() >= u64::from(trip.min_requests.get());
         let total = t.requests() as f64;
         enough
             && (t.failures as f64 >= trip.failure_ratio * total
@@ -471,14 +471,14 @@ impl VendorState {
         let b = &rules.ejection;
         if from_closed {
             let healthy_ms = now_ms.saturating_sub(self.closed_at_ms);
-            let steps = healthy_ms / b.decay_ms.max(1);
+            let steps = healthy_ms / b.decay_ms;
             self.level = self.level.saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX));
         }
         let duration = ejection_ms(b, self.level);
         let from = self.phase.kind();
         let mut t = self.transition(from, now_ms, Some(duration));
         if let Phase::HalfOpen { successes, .. } = self.phase {
-            t.probes = (successes, rules.recovery.successes);
+            t.probes = (successes, rules.recovery.successes.get());
         }
         t.level = self.level;
         self.level = self.level.saturating_add(1).min(40);
@@ -527,15 +527,13 @@ pub fn ejection_ms(b: &Backoff, level: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::{NonZeroU32, NonZeroU64};
 
     fn rules() -> Rules {
         Rules {
-            window: WindowSpec {
-                bucket_ms: 1_000,
-                buckets: 10,
-            },
+            window: WindowSpec::DEFAULT,
             trip: TripRule {
-                min_requests: 10,
+                min_requests: NonZeroU32::new(10).unwrap(),
                 failure_ratio: 0.5,
                 consecutive_failures: 5,
                 slow_ratio: Some(0.8),
@@ -543,11 +541,11 @@ mod tests {
             ejection: Backoff {
                 base_ms: 30_000,
                 max_ms: 300_000,
-                decay_ms: 60_000,
+                decay_ms: NonZeroU64::new(60_000).unwrap(),
             },
             recovery: Recovery {
-                probes: 3,
-                successes: 3,
+                probes: NonZeroU32::new(3).unwrap(),
+                successes: NonZeroU32::new(3).unwrap(),
                 probe_timeout_ms: 120_000,
             },
             rate_limit: RateLimit {
@@ -1004,7 +1002,7 @@ mod tests {
         let b = Backoff {
             base_ms: u64::MAX / 2,
             max_ms: u64::MAX,
-            decay_ms: 1,
+            decay_ms: NonZeroU64::MIN,
         };
         assert_eq!(ejection_ms(&b, 40), u64::MAX);
         assert_eq!(ejection_ms(&b, 0), u64::MAX / 2);

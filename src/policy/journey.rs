@@ -140,7 +140,9 @@ pub struct Intake {
 /// Whether any request needs its body read before routing: model routing,
 /// rewriting or rescue is configured.
 pub fn reads_bodies(config: &Config) -> bool {
-    config.rescue.max_attempts > 1 || !config.groups.is_empty() || config.vendors.iter().any(|v| v.models.is_some())
+    config.rescue.max_attempts.get() > 1
+        || !config.groups.is_empty()
+        || config.vendors.iter().any(|v| v.models.is_some())
 }
 
 /// Decides at a request's headers whether to hold it for its body.

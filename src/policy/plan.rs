@@ -9,6 +9,7 @@
 
 use crate::policy::config::{Config, Format};
 use crate::policy::health::Ticket;
+use std::num::NonZeroU32;
 
 /// One way to serve a request: a health unit on a vendor, at a preference
 /// level (lower first; candidates are kept sorted by it), with a weight
@@ -19,7 +20,7 @@ pub struct Candidate {
     pub unit: usize,
     pub vendor: usize,
     pub level: u32,
-    pub weight: u32,
+    pub weight: NonZeroU32,
     /// The model to ask for; `None`: the requested one, unchanged.
     pub model: Option<String>,
     /// The path to send; `None`: the client's.
@@ -65,7 +66,7 @@ pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Res
                 unit: t.unit,
                 vendor: t.vendor,
                 level: level as u32,
-                weight: 1,
+                weight: NonZeroU32::MIN,
                 model: t.model.clone(),
                 path,
                 context_window: t.context_window,

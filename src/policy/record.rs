@@ -68,7 +68,7 @@ pub fn recording(ticket: Option<Ticket>, verdict: Verdict) -> Recording {
 /// The window bucket a batched success lands in, placed by the worker's
 /// latest clock reading.
 pub fn bucket_of(clock_ms: u64, window: WindowSpec) -> u64 {
-    clock_ms / window.bucket_ms.max(1)
+    clock_ms / window.bucket_ms
 }
 
 /// What of a unit's state, before a write, decides whether the write
@@ -104,10 +104,7 @@ mod tests {
     use crate::policy::classify::Slowness;
     use crate::policy::health::Phase;
 
-    const SPEC: WindowSpec = WindowSpec {
-        bucket_ms: 1_000,
-        buckets: 10,
-    };
+    const SPEC: WindowSpec = WindowSpec::DEFAULT;
 
     fn ticket(quiet: bool, probe: bool) -> Option<Ticket> {
         Some(Ticket {

@@ -10,6 +10,7 @@
 use crate::policy::classify::Outcome;
 use crate::policy::config::{Format, Rescue};
 use crate::policy::plan::{Attempt, Candidate};
+use std::num::NonZeroU32;
 
 /// Why an attempt's answer is not the one the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub struct Flight {
     pub plan: Vec<Candidate>,
     pub attempts: Vec<Attempt>,
     pub deadline_ms: u64,
-    pub max_attempts: u32,
+    pub max_attempts: NonZeroU32,
 }
 
 impl Flight {
@@ -102,7 +103,9 @@ impl Flight {
 
     /// Whether another attempt may start at `now_ms` for this reason.
     pub fn may_move(&self, why: Move, now_ms: u64) -> bool {
-        (self.attempts.len() as u32) < self.max_attempts && now_ms < self.deadline_ms && self.next(why).next().is_some()
+        (self.attempts.len() as u32) < self.max_attempts.get()
+            && now_ms < self.deadline_ms
+            && self.next(why).next().is_some()
     }
 
     /// Milliseconds an attempt started at `now_ms` may take.
@@ -126,7 +129,7 @@ mod tests {
             unit,
             vendor: unit,
             level: unit as u32,
-            weight: 1,
+            weight: NonZeroU32::MIN,
             model: None,
             path: None,
             context_window: window,
@@ -145,7 +148,7 @@ mod tests {
     fn flight(windows: &[Option<u64>]) -> Flight {
         let plan = windows.iter().enumerate().map(|(u, w)| candidate(u, *w)).collect();
         let rescue = Rescue {
-            max_attempts: 3,
+            max_attempts: NonZeroU32::new(3).unwrap(),
             deadline_ms: 10_000,
             max_body_bytes: 1_000,
             first_token_ms: None,

@@ -257,10 +257,7 @@ mod tests {
     use super::*;
     use crate::policy::health::{Ticket, Verdict};
 
-    const SPEC: WindowSpec = WindowSpec {
-        bucket_ms: 1_000,
-        buckets: 10,
-    };
+    const SPEC: WindowSpec = WindowSpec::DEFAULT;
 
     fn add_success(store: &MemoryStore, key: &str) {
         update(store, key, SPEC, |s| {

@@ -7,6 +7,7 @@
 //! is gone at 22.000 s.
 
 use crate::policy::config::WindowSpec;
+use std::num::NonZeroU64;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bucket {
@@ -45,13 +46,13 @@ impl Window {
         Window {
             spec,
             head: 0,
-            ring: vec![Bucket::default(); spec.buckets as usize],
+            ring: vec![Bucket::default(); spec.buckets.get() as usize],
         }
     }
 
     /// Rebuilds a window from its stored parts; `None` if they do not fit the spec.
     pub fn from_parts(spec: WindowSpec, head: u64, ring: Vec<Bucket>) -> Option<Self> {
-        (ring.len() == spec.buckets as usize).then_some(Window { spec, head, ring })
+        (ring.len() == spec.buckets.get() as usize).then_some(Window { spec, head, ring })
     }
 
     pub fn spec(&self) -> WindowSpec {
@@ -67,11 +68,11 @@ impl Window {
     }
 
     fn index_at(&self, now_ms: u64) -> u64 {
-        now_ms / self.spec.bucket_ms.max(1)
+        now_ms / self.spec.bucket_ms
     }
 
     fn slot(&self, index: u64) -> usize {
-        (index % u64::from(self.spec.buckets.max(1))) as usize
+        (index % NonZeroU64::from(self.spec.buckets)) as usize
     }
 
     /// Counts one success that was too slow at `now_ms`.
@@ -103,7 +104,7 @@ impl Window {
     /// Adds successes counted elsewhere to bucket `index`; dropped if that
     /// bucket has already left the window.
     pub fn add_successes(&mut self, index: u64, count: u32) {
-        let n = u64::from(self.spec.buckets);
+        let n = u64::from(self.spec.buckets.get());
         if index > self.head {
             self.advance(index);
         } else if self.head - index >= n {
@@ -120,7 +121,7 @@ impl Window {
         if index <= self.head {
             return;
         }
-        let n = u64::from(self.spec.buckets);
+        let n = u64::from(self.spec.buckets.get());
         let gap = index - self.head;
         if gap >= n {
             self.ring.iter_mut().for_each(|b| *b = Bucket::default());
@@ -138,7 +139,7 @@ impl Window {
     /// Sums the buckets still inside the window at `now_ms`.
     pub fn totals(&self, now_ms: u64) -> Totals {
         let now_index = self.index_at(now_ms).max(self.head);
-        let n = u64::from(self.spec.buckets);
+        let n = u64::from(self.spec.buckets.get());
         let mut totals = Totals::default();
         for age in 0..n {
             let Some(index) = self.head.checked_sub(age) else {
@@ -165,10 +166,7 @@ impl Window {
 mod tests {
     use super::*;
 
-    const SPEC: WindowSpec = WindowSpec {
-        bucket_ms: 1_000,
-        buckets: 10,
-    };
+    const SPEC: WindowSpec = WindowSpec::DEFAULT;
 
     #[test]
     fn outcome_counts_until_exactly_one_window_after_its_bucket_starts() {
@@ -235,10 +233,7 @@ mod tests {
 
     #[test]
     fn single_bucket_window() {
-        let mut w = Window::new(WindowSpec {
-            bucket_ms: 5_000,
-            buckets: 1,
-        });
+        let mut w = Window::new(WindowSpec::new(5_000, 1).unwrap());
         w.record(7_000, true);
         assert_eq!(w.totals(9_999).failures, 1);
         assert_eq!(w.totals(10_000).failures, 0);

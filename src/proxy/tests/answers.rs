@@ -6,10 +6,7 @@ use crate::policy::store::vendor_key;
 use crate::proxy::fake::envoy::Request;
 use crate::proxy::host::Host;
 
-const WINDOW: crate::policy::config::WindowSpec = crate::policy::config::WindowSpec {
-    bucket_ms: 1_000,
-    buckets: 10,
-};
+const WINDOW: crate::policy::config::WindowSpec = crate::policy::config::WindowSpec::DEFAULT;
 
 #[test]
 fn response_headers_name_the_vendor_that_answered() {

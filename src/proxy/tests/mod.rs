@@ -52,10 +52,7 @@ pub fn eject(e: &mut FakeEnvoy, vendor: &str, n: usize) {
 }
 
 pub fn window_failures(e: &FakeEnvoy, unit_key: &str) -> u64 {
-    let spec = crate::policy::config::WindowSpec {
-        bucket_ms: 1_000,
-        buckets: 10,
-    };
+    let spec = crate::policy::config::WindowSpec::DEFAULT;
     load(&e.process.store, unit_key, spec)
         .map(|l| l.state.window.totals(e.main.now()).failures)
         .unwrap_or(0)

@@ -1,0 +1,133 @@
+//! The filter configuration: `Config`, `ConfigError`, and parsing the whole document section by section.
+
+mod groups;
+mod reader;
+mod tuning;
+mod vendors;
+
+pub use groups::{Group, Target};
+pub use reader::parse_duration;
+pub use tuning::{
+    AllDown, Backoff, RateLimit, Recovery, Rescue, SlowLimits, StatusSet, TripRule, WindowSpec,
+    DEFAULT_FAILURE_STATUSES, DEFAULT_REFRESH_MS, MAX_BUCKETS,
+};
+pub use vendors::{Format, Paths, Secret, Unit, Vendor, MAX_VENDORS};
+
+use groups::parse_groups;
+use reader::{err, Fields};
+use serde_json::Value;
+use std::fmt;
+use tuning::{
+    parse_all_down, parse_ejection, parse_rate_limit, parse_recovery, parse_refresh, parse_rescue, parse_slow,
+    parse_statuses, parse_trip, parse_window,
+};
+use vendors::{parse_vendors, units_of};
+
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-llm-failover-cluster";
+pub const DEFAULT_VENDOR_HEADER: &str = "x-llm-failover-vendor";
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub cluster_header: String,
+    /// Response header naming the vendor that served; `None` when disabled.
+    pub vendor_header: Option<String>,
+    /// In config order; `by_preference` lists their indices best first.
+    pub vendors: Vec<Vendor>,
+    pub by_preference: Vec<usize>,
+    pub window: WindowSpec,
+    pub trip: TripRule,
+    pub ejection: Backoff,
+    pub recovery: Recovery,
+    pub failure_statuses: StatusSet,
+    pub slow: SlowLimits,
+    pub rate_limit: RateLimit,
+    pub all_down: AllDown,
+    /// How often each worker refreshes the state gauges from shared data.
+    pub refresh_ms: u64,
+    pub groups: Vec<Group>,
+    /// Every health unit: the vendors' pass-through units first.
+    pub units: Vec<Unit>,
+    pub rescue: Rescue,
+}
+
+/// A configuration problem: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config field `{}`: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses the filter JSON. An empty configuration is refused because
+    /// there is no sensible default for the vendor list.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_with_env(bytes, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses with `env` standing in for the process environment (where
+    /// vendors' API keys are read from).
+    pub fn parse_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let value: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
+        };
+        let root = Fields::new("", &value)?;
+        let cluster_header = root.header_name("cluster_header", DEFAULT_CLUSTER_HEADER)?;
+        let vendor_header = match root.header_name_or_empty("vendor_header", DEFAULT_VENDOR_HEADER)? {
+            h if h.is_empty() => None,
+            h => Some(h),
+        };
+        if vendor_header.as_deref() == Some(cluster_header.as_str()) {
+            return err("vendor_header", "must differ from `cluster_header`");
+        }
+        let vendors = parse_vendors(&root, env)?;
+        let mut units = units_of(&vendors);
+        let groups = parse_groups(&root, &vendors, &mut units)?;
+        let rescue = parse_rescue(&root)?;
+        let window = parse_window(&root)?;
+        let slow = parse_slow(&root)?;
+        let mut trip = parse_trip(&root)?;
+        trip.slow_ratio = (slow.first_byte_ms.is_some() || slow.stall_ms.is_some()).then_some(slow.ratio);
+        let rate_limit = parse_rate_limit(&root)?;
+        let ejection = parse_ejection(&root)?;
+        let recovery = parse_recovery(&root)?;
+        let failure_statuses = parse_statuses(&root)?;
+        let all_down = parse_all_down(&root)?;
+        let refresh_ms = parse_refresh(&root)?;
+        root.finish()?;
+
+        let mut by_preference: Vec<usize> = (0..vendors.len()).collect();
+        // Stable: equal priorities keep their config order.
+        by_preference.sort_by_key(|&i| vendors.get(i).map_or(u32::MAX, |v| v.priority));
+        Ok(Config {
+            cluster_header,
+            vendor_header,
+            vendors,
+            by_preference,
+            window,
+            trip,
+            ejection,
+            recovery,
+            failure_statuses,
+            slow,
+            rate_limit,
+            all_down,
+            refresh_ms,
+            groups,
+            units,
+            rescue,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
