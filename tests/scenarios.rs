@@ -75,7 +75,8 @@ impl Sim {
     }
 
     fn phase(&self, vendor: usize, now: u64) -> PhaseKind {
-        let key = vendor_key(&self.config.vendors[vendor].name, self.config.window);
+        let name = &self.config.vendors.values().nth(vendor).unwrap().name;
+        let key = vendor_key(name, self.config.window);
         let rules = llm_failover::policy::health::Rules::from_config(&self.config);
         load(&self.envoy.process.store, &key, rules.window)
             .unwrap()

@@ -221,6 +221,7 @@ pub fn after_callout(judged: &Judged, status: Option<u16>, flight: &Flight, now_
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::config::{UnitId, VendorId};
     use crate::policy::plan::{self, Attempt};
 
     fn config() -> Config {
@@ -231,8 +232,8 @@ mod tests {
         let candidates = plan::plan(c, Some(Format::OpenAi), None).unwrap();
         let mut f = Flight::new(Some(Format::OpenAi), stream, candidates, 0, &c.rescue);
         f.start(Attempt {
-            unit: 0,
-            vendor: 0,
+            unit: UnitId(0),
+            vendor: VendorId(0),
             ticket: None,
             forced: false,
         });
@@ -305,8 +306,8 @@ mod tests {
         let c = config();
         let mut f = flight(&c, false);
         f.start(Attempt {
-            unit: 1,
-            vendor: 1,
+            unit: UnitId(1),
+            vendor: VendorId(1),
             ticket: None,
             forced: false,
         });
@@ -337,7 +338,7 @@ mod tests {
         let first = f.plan[0].unit;
         f.start(Attempt {
             unit: first,
-            vendor: 0,
+            vendor: VendorId(0),
             ticket: None,
             forced: false,
         });

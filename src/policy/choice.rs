@@ -6,7 +6,7 @@
 //! together send it no more than the probe budget. When every candidate is
 //! ejected, `AllDown` decides.
 
-use crate::policy::config::AllDown;
+use crate::policy::config::{AllDown, Table, UnitId, VendorId};
 use crate::policy::health::{Availability, Phase, Rules, Ticket, Transition};
 use crate::policy::plan::{Attempt, Candidate};
 use crate::policy::store::{self, Store};
@@ -30,8 +30,8 @@ pub enum Choice {
 /// When an ejected unit is due back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Due {
-    pub unit: usize,
-    pub vendor: usize,
+    pub unit: UnitId,
+    pub vendor: VendorId,
     pub due_ms: u64,
 }
 
@@ -42,7 +42,7 @@ pub struct Ask<'a> {
     pub candidates: &'a [Candidate],
     pub all_down: AllDown,
     /// Units already tried for this request: passed over.
-    pub tried: &'a [usize],
+    pub tried: &'a [UnitId],
     /// Without it, half-open units are passed over rather than given one of
     /// their probe slots (for a provisional choice that may be made again: a
     /// slot taken twice for one request is lost).
@@ -62,10 +62,10 @@ impl<'a> Ask<'a> {
 }
 
 /// The units' shared state: the rules it follows, each unit's store key
-/// (`keys[u]`) and the store.
+/// and the store.
 pub struct Shared<'a, S: Store + ?Sized> {
     pub rules: &'a Rules,
-    pub keys: &'a [String],
+    pub keys: &'a Table<UnitId, String>,
     pub store: &'a S,
 }
 
@@ -80,10 +80,10 @@ enum Standing {
 pub struct Worker {
     /// Round-robin position for weighted choice.
     pub turn: u64,
-    /// `missing[v]`: vendor v's Envoy cluster does not exist. Such vendors
-    /// are skipped unless every candidate's is missing (then the mask says
+    /// Vendors whose Envoy cluster does not exist. Such vendors are
+    /// skipped unless every candidate's is missing (then the mask says
     /// nothing).
-    pub missing: Vec<bool>,
+    pub missing: Table<VendorId, bool>,
     /// This worker's copy of every unit's shared state.
     pub view: View,
 }
@@ -92,12 +92,12 @@ impl Worker {
     pub fn new(units: usize, vendors: usize) -> Self {
         Worker {
             turn: 0,
-            missing: vec![false; vendors],
+            missing: Table::filled(vendors, false),
             view: View::new(units),
         }
     }
 
-    fn is_missing(&self, vendor: usize) -> bool {
+    fn is_missing(&self, vendor: VendorId) -> bool {
         self.missing.get(vendor).copied().unwrap_or(false)
     }
 }
@@ -277,7 +277,7 @@ pub fn choose<S: Store + ?Sized>(
             let soonest = due.iter().min_by_key(|d| d.due_ms).map(|d| (d.unit, d.vendor));
             let (unit, vendor) = soonest
                 .or_else(|| untried.iter().find(|c| !skips(worker, c)).map(|c| (c.unit, c.vendor)))
-                .unwrap_or((0, 0));
+                .unwrap_or((UnitId(0), VendorId(0)));
             Choice::Route {
                 attempt: Attempt {
                     unit,
@@ -320,6 +320,7 @@ fn weighted_pick(standing: &[(&Candidate, Standing)], turn: &mut u64) -> usize {
 mod tests {
     use super::*;
     use crate::policy::config::Config;
+    use crate::policy::config::{UnitId, VendorId};
     use crate::policy::health::{Phase, Verdict};
     use crate::policy::plan::default_candidates;
     use crate::policy::store::{create_if_missing, load, update, vendor_key, MemoryStore};
@@ -327,7 +328,7 @@ mod tests {
     struct World {
         config: Config,
         rules: Rules,
-        keys: Vec<String>,
+        keys: Table<UnitId, String>,
         store: MemoryStore,
     }
 
@@ -335,13 +336,13 @@ mod tests {
         fn new(json: &str) -> World {
             let config = Config::parse(json.as_bytes()).unwrap();
             let rules = Rules::from_config(&config);
-            let keys: Vec<String> = config
+            let keys: Table<UnitId, String> = config
                 .vendors
-                .iter()
+                .values()
                 .map(|v| vendor_key(&v.name, config.window))
                 .collect();
             let store = MemoryStore::new();
-            for k in &keys {
+            for k in keys.values() {
                 create_if_missing(&store, k, rules.window).unwrap();
             }
             World {
@@ -396,7 +397,7 @@ mod tests {
         }
 
         fn eject(&self, vendor: usize, until_ms: u64) {
-            update(&self.store, &self.keys[vendor], self.rules.window, |s| {
+            update(&self.store, &self.keys[UnitId(vendor)], self.rules.window, |s| {
                 s.phase = Phase::Open { until_ms };
                 s.generation += 1;
             })
@@ -519,7 +520,7 @@ mod tests {
                 if let Choice::Route {
                     attempt:
                         Attempt {
-                            vendor: 0,
+                            vendor: VendorId(0),
                             ticket: Some(t),
                             ..
                         },
@@ -539,7 +540,7 @@ mod tests {
         let w = World::new(THREE);
         w.eject(0, 10_000);
         // Another worker claims two slots between our read and our write.
-        let key = w.keys[0].clone();
+        let key = w.keys[UnitId(0)].clone();
         let rules = w.rules;
         w.store.before_next_set(move |s| {
             for _ in 0..2 {
@@ -548,7 +549,7 @@ mod tests {
         });
         let mut turn = w.worker();
         assert_eq!(w.name(&w.choose(10_000, &mut turn)), "anthropic");
-        let st = load(&w.store, &w.keys[0], w.rules.window).unwrap().state;
+        let st = load(&w.store, &w.keys[UnitId(0)], w.rules.window).unwrap().state;
         assert!(matches!(st.phase, Phase::HalfOpen { taken: 3, .. }), "{:?}", st.phase);
         assert_eq!(w.name(&w.choose(10_000, &mut turn)), "openai");
     }
@@ -596,13 +597,13 @@ mod tests {
             Choice::Reject {
                 due: vec![
                     Due {
-                        unit: 1,
-                        vendor: 1,
+                        unit: UnitId(1),
+                        vendor: VendorId(1),
                         due_ms: 20_000
                     },
                     Due {
-                        unit: 0,
-                        vendor: 0,
+                        unit: UnitId(0),
+                        vendor: VendorId(0),
                         due_ms: 30_000
                     }
                 ],
@@ -634,14 +635,14 @@ mod tests {
     fn a_vendor_without_an_envoy_cluster_is_skipped() {
         let w = World::new(THREE);
         let mut worker = w.worker();
-        worker.missing = vec![true, false, false];
+        worker.missing = vec![true, false, false].into();
         assert_eq!(w.name(&w.choose(0, &mut worker)), "openai");
         // Ejections of the others do not bring it back...
         w.eject(1, 10_000);
         w.eject(2, 20_000);
         assert_eq!(w.name(&w.choose(0, &mut worker)), "openai");
         // ...but when nothing is known to exist, the mask is ignored.
-        worker.missing = vec![true, true, true];
+        worker.missing = vec![true, true, true].into();
         assert_eq!(w.name(&w.choose(0, &mut worker)), "anthropic");
     }
 
@@ -701,21 +702,21 @@ mod tests {
             c,
             Choice::Route {
                 attempt: Attempt {
-                    vendor: 0,
+                    vendor: VendorId(0),
                     ticket: Some(Ticket { generation: 0, .. }),
                     ..
                 },
                 ..
             }
         ));
-        worker.view.forget(0); // the notification
+        worker.view.forget(UnitId(0)); // the notification
         assert_eq!(w.name(&w.choose_cached(2, &mut worker)), "openai");
     }
 
     #[test]
     fn a_rate_limited_vendor_is_skipped_until_its_reset_from_the_copy_too() {
         let w = World::new(THREE);
-        let key = w.keys[0].clone();
+        let key = w.keys[UnitId(0)].clone();
         update(&w.store, &key, w.rules.window, |s| {
             s.cooldown_until_ms = 2_000;
         })
@@ -731,7 +732,7 @@ mod tests {
     #[test]
     fn corrupt_state_reads_as_healthy() {
         let w = World::new(THREE);
-        w.store.put_raw(&w.keys[0], b"\x00\x01garbage");
+        w.store.put_raw(&w.keys[UnitId(0)], b"\x00\x01garbage");
         let mut turn = w.worker();
         let c = w.choose(0, &mut turn);
         assert_eq!(w.name(&c), "anthropic");
@@ -741,11 +742,11 @@ mod tests {
             ..
         } = c
         {
-            update(&w.store, &w.keys[0], w.rules.window, |s| {
+            update(&w.store, &w.keys[UnitId(0)], w.rules.window, |s| {
                 s.record(0, Verdict::Success, t, &w.rules)
             })
             .unwrap();
         }
-        assert_eq!(load(&w.store, &w.keys[0], w.rules.window).unwrap().reset, None);
+        assert_eq!(load(&w.store, &w.keys[UnitId(0)], w.rules.window).unwrap().reset, None);
     }
 }

@@ -2,7 +2,7 @@
 //! adapted and rescued): whether to hold it, where it stands, and what it
 //! carries for a rescue.
 
-use crate::policy::config::{Config, Format};
+use crate::policy::config::{Config, Format, VendorId};
 use crate::policy::plan::Candidate;
 use crate::policy::rescue::{Flight, Move};
 use crate::policy::sse::Scanner;
@@ -71,7 +71,7 @@ pub struct Journey {
     /// When a streamed answer must have shown its first event.
     pub first_token_deadline: Option<u64>,
     /// The vendor the request was routed to at its headers, and how.
-    pub at_headers: Option<(usize, Option<Candidate>)>,
+    pub at_headers: Option<(VendorId, Option<Candidate>)>,
     /// Reads a held stream's first event.
     pub peek: Option<Scanner>,
     /// Bytes of the held stream already fed to `peek`.
@@ -142,7 +142,7 @@ pub struct Intake {
 pub fn reads_bodies(config: &Config) -> bool {
     config.rescue.max_attempts.get() > 1
         || !config.groups.is_empty()
-        || config.vendors.iter().any(|v| v.models.is_some())
+        || config.vendors.values().any(|v| v.models.is_some())
 }
 
 /// Decides at a request's headers whether to hold it for its body.
@@ -178,6 +178,7 @@ pub fn body_step(buffered: usize, end_of_stream: bool, config: &Config) -> BodyS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::config::{UnitId, VendorId};
 
     fn config(json: &str) -> Config {
         Config::parse_with_env(json.as_bytes(), &|_| None).unwrap()
@@ -245,8 +246,8 @@ mod tests {
             &c.rescue,
         );
         j.flight.start(crate::policy::plan::Attempt {
-            unit: 0,
-            vendor: 0,
+            unit: UnitId(0),
+            vendor: VendorId(0),
             ticket: None,
             forced: false,
         });

@@ -167,6 +167,7 @@ pub fn delivered_headers<'a>(
 mod tests {
     use super::*;
     use crate::policy::config::Config;
+    use crate::policy::config::VendorId;
 
     fn config() -> Config {
         let env = |name: &str| (name == "B_KEY").then(|| "sk-b".to_string());
@@ -201,7 +202,7 @@ mod tests {
         let c = config();
         let e = edits(
             "x-llm-failover-cluster",
-            &c.vendors[0],
+            &c.vendors[VendorId(0)],
             None,
             Some(Format::OpenAi),
             &client(),
@@ -222,7 +223,7 @@ mod tests {
         let candidates = crate::policy::plan::plan(&c, Some(Format::OpenAi), Some("gpt")).unwrap();
         let e = edits(
             "x-llm-failover-cluster",
-            &c.vendors[1],
+            &c.vendors[VendorId(1)],
             candidates.get(1),
             Some(Format::OpenAi),
             &client(),
@@ -231,7 +232,7 @@ mod tests {
         assert!(e.contains(&Edit::Set(":authority", Cow::Borrowed(&b"api.b.com"[..]))));
         assert!(e.contains(&Edit::Set("authorization", Cow::Owned(b"Bearer sk-b".to_vec()))));
         // Anthropic format: x-api-key and a version, unless the client named one.
-        let creds = credentials(&c.vendors[1], Some(Format::Anthropic), false);
+        let creds = credentials(&c.vendors[VendorId(1)], Some(Format::Anthropic), false);
         assert_eq!(
             creds,
             vec![
@@ -239,7 +240,10 @@ mod tests {
                 ("anthropic-version", ANTHROPIC_VERSION.to_string())
             ]
         );
-        assert_eq!(credentials(&c.vendors[1], Some(Format::Anthropic), true).len(), 1);
+        assert_eq!(
+            credentials(&c.vendors[VendorId(1)], Some(Format::Anthropic), true).len(),
+            1
+        );
     }
 
     #[test]
@@ -250,7 +254,7 @@ mod tests {
             &client(),
             br#"{"model":"gpt","messages":[]}"#,
             Some(Format::OpenAi),
-            &c.vendors[1],
+            &c.vendors[VendorId(1)],
             &candidates[1],
             "x-llm-failover-cluster",
         );

@@ -7,7 +7,7 @@
 //! its API format, by priority and weight; a vendor with a model map serves
 //! only the models it maps (or every model, through a `"*"` entry).
 
-use crate::policy::config::{Config, Format};
+use crate::policy::config::{Config, Format, UnitId, VendorId};
 use crate::policy::health::Ticket;
 use std::num::NonZeroU32;
 
@@ -17,8 +17,8 @@ use std::num::NonZeroU32;
 /// `Target`s become candidates for the requests they serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    pub unit: usize,
-    pub vendor: usize,
+    pub unit: UnitId,
+    pub vendor: VendorId,
     pub level: u32,
     pub weight: NonZeroU32,
     /// The model to ask for; `None`: the requested one, unchanged.
@@ -32,8 +32,8 @@ pub struct Candidate {
 /// recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
-    pub unit: usize,
-    pub vendor: usize,
+    pub unit: UnitId,
+    pub vendor: VendorId,
     /// `None` when the outcome must not feed the unit's health: the request
     /// was forced onto an ejected unit, or its state could not be read.
     pub ticket: Option<Ticket>,
@@ -51,7 +51,7 @@ pub enum Unserved {
 /// The candidates for a request in `format` (if it is one the filter
 /// knows) asking for `model`.
 pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Result<Vec<Candidate>, Unserved> {
-    let path_for = |vendor: usize| -> Option<Option<String>> {
+    let path_for = |vendor: VendorId| -> Option<Option<String>> {
         let v = config.vendors.get(vendor)?;
         match format {
             None => Some(None),
@@ -90,10 +90,9 @@ pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Res
                 }
             };
             let unit = match &mapped {
-                None => vendor,
+                None => vendor.pass_through(),
                 Some(m) => match config
                     .units
-                    .iter()
                     .position(|u| u.vendor == vendor && u.model.as_ref() == Some(m))
                 {
                     Some(u) => u,
@@ -126,7 +125,7 @@ pub fn default_candidates(config: &Config) -> Vec<Candidate> {
         .filter_map(|&vendor| {
             let v = config.vendors.get(vendor)?;
             Some(Candidate {
-                unit: vendor,
+                unit: vendor.pass_through(),
                 vendor,
                 level: v.priority,
                 weight: v.weight,

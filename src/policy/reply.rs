@@ -4,7 +4,7 @@
 //! the soonest), and a 404 when no vendor serves the requested model.
 
 use crate::policy::choice::Due;
-use crate::policy::config::{Config, Format};
+use crate::policy::config::{Config, Format, VendorId};
 use serde_json::json;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +21,7 @@ fn seconds_until(due_ms: u64, now_ms: u64) -> u64 {
 
 /// Every vendor is ejected, or every one that could serve has failed
 /// (`tried`, in the order tried): names each vendor and when it is due back.
-pub fn unavailable(format: Option<Format>, config: &Config, due: &[Due], now_ms: u64, tried: &[usize]) -> Rejection {
+pub fn unavailable(format: Option<Format>, config: &Config, due: &[Due], now_ms: u64, tried: &[VendorId]) -> Rejection {
     let vendors: Vec<(&str, u64)> = due
         .iter()
         .filter_map(|d| {
@@ -87,19 +87,20 @@ pub fn model_not_served(format: Option<Format>, model: &str) -> Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::config::{UnitId, VendorId};
 
     #[test]
     fn names_every_vendor_and_the_soonest_retry() {
         let config = Config::parse(br#"{"vendors":[{"name":"anthropic"},{"name":"openai"}]}"#).unwrap();
         let due = [
             Due {
-                unit: 1,
-                vendor: 1,
+                unit: UnitId(1),
+                vendor: VendorId(1),
                 due_ms: 12_001,
             },
             Due {
-                unit: 0,
-                vendor: 0,
+                unit: UnitId(0),
+                vendor: VendorId(0),
                 due_ms: 30_000,
             },
         ];
@@ -119,18 +120,24 @@ mod tests {
     fn answers_in_the_clients_format() {
         let config = Config::parse(br#"{"vendors":[{"name":"a"},{"name":"b"}]}"#).unwrap();
         let due = [Due {
-            unit: 1,
-            vendor: 1,
+            unit: UnitId(1),
+            vendor: VendorId(1),
             due_ms: 4_000,
         }];
-        let r = unavailable(Some(Format::Anthropic), &config, &due, 1_000, &[0, 1]);
+        let r = unavailable(
+            Some(Format::Anthropic),
+            &config,
+            &due,
+            1_000,
+            &[VendorId(0), VendorId(1)],
+        );
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "api_error");
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.starts_with("Tried a, b without success."), "{msg}");
         assert_eq!(r.retry_after_s, 3);
-        let r = unavailable(Some(Format::OpenAi), &config, &due, 1_000, &[0]);
+        let r = unavailable(Some(Format::OpenAi), &config, &due, 1_000, &[VendorId(0)]);
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["error"]["code"], "all_vendors_unavailable");
         assert_eq!(v["error"]["tried"], json!(["a"]));
@@ -146,8 +153,8 @@ mod tests {
     fn never_says_retry_after_zero() {
         let config = Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap();
         let due = [Due {
-            unit: 0,
-            vendor: 0,
+            unit: UnitId(0),
+            vendor: VendorId(0),
             due_ms: 5,
         }];
         let r = unavailable(None, &config, &due, 10, &[]);

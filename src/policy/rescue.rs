@@ -8,7 +8,7 @@
 //! allow; the client then receives the first answer that is not a failure.
 
 use crate::policy::classify::Outcome;
-use crate::policy::config::{Format, Rescue};
+use crate::policy::config::{Format, Rescue, UnitId, VendorId};
 use crate::policy::plan::{Attempt, Candidate};
 use std::num::NonZeroU32;
 
@@ -64,7 +64,7 @@ impl Flight {
         self.plan.iter().find(|c| c.unit == a.unit && c.vendor == a.vendor)
     }
 
-    pub fn tried_units(&self) -> Vec<usize> {
+    pub fn tried_units(&self) -> Vec<UnitId> {
         self.attempts.iter().map(|a| a.unit).collect()
     }
 
@@ -114,7 +114,7 @@ impl Flight {
     }
 
     /// Vendor indices in the order they were tried.
-    pub fn tried_vendors(&self) -> Vec<usize> {
+    pub fn tried_vendors(&self) -> Vec<VendorId> {
         self.attempts.iter().map(|a| a.vendor).collect()
     }
 }
@@ -123,11 +123,12 @@ impl Flight {
 mod tests {
     use super::*;
     use crate::policy::classify::Reason;
+    use crate::policy::config::{UnitId, VendorId};
 
     fn candidate(unit: usize, window: Option<u64>) -> Candidate {
         Candidate {
-            unit,
-            vendor: unit,
+            unit: UnitId(unit),
+            vendor: VendorId(unit),
             level: unit as u32,
             weight: NonZeroU32::MIN,
             model: None,
@@ -138,8 +139,8 @@ mod tests {
 
     fn attempt(unit: usize) -> Attempt {
         Attempt {
-            unit,
-            vendor: unit,
+            unit: UnitId(unit),
+            vendor: VendorId(unit),
             ticket: None,
             forced: false,
         }
@@ -179,7 +180,7 @@ mod tests {
         assert_eq!(
             f.next_candidates(Move::Failure)
                 .iter()
-                .map(|c| c.unit)
+                .map(|c| c.unit.0)
                 .collect::<Vec<_>>(),
             [1, 2]
         );
@@ -187,11 +188,11 @@ mod tests {
         assert_eq!(
             f.next_candidates(Move::Failure)
                 .iter()
-                .map(|c| c.unit)
+                .map(|c| c.unit.0)
                 .collect::<Vec<_>>(),
             [1]
         );
-        assert_eq!(f.tried_vendors(), [0, 2]);
+        assert_eq!(f.tried_vendors(), [VendorId(0), VendorId(2)]);
     }
 
     #[test]
@@ -201,7 +202,7 @@ mod tests {
         let next: Vec<_> = f
             .next_candidates(Move::ContextOverflow)
             .iter()
-            .map(|c| c.unit)
+            .map(|c| c.unit.0)
             .collect();
         assert_eq!(next, [3]);
         // Nothing larger declared: no move.

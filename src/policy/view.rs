@@ -9,6 +9,7 @@
 //! plainly closed (an ejection that may have run out, half-open probing) is
 //! always read afresh. A copy is therefore at most one notification behind.
 
+use crate::policy::config::{Table, UnitId};
 use crate::policy::health::VendorState;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,23 +21,23 @@ pub struct Cached {
 
 #[derive(Debug, Clone, Default)]
 pub struct View {
-    vendors: Vec<Option<Cached>>,
+    units: Table<UnitId, Option<Cached>>,
 }
 
 impl View {
-    pub fn new(vendors: usize) -> Self {
+    pub fn new(units: usize) -> Self {
         View {
-            vendors: vec![None; vendors],
+            units: Table::filled(units, None),
         }
     }
 
-    pub fn get(&self, vendor: usize) -> Option<&Cached> {
-        self.vendors.get(vendor).and_then(Option::as_ref)
+    pub fn get(&self, unit: UnitId) -> Option<&Cached> {
+        self.units.get(unit).and_then(Option::as_ref)
     }
 
     /// Keeps a copy of `state` as read or written at `now_ms`.
-    pub fn put(&mut self, vendor: usize, mut state: VendorState, now_ms: u64) {
-        if let Some(slot) = self.vendors.get_mut(vendor) {
+    pub fn put(&mut self, unit: UnitId, mut state: VendorState, now_ms: u64) {
+        if let Some(slot) = self.units.get_mut(unit) {
             let quiet = state.is_quiet(now_ms);
             // A rate limit that has run out need not be checked again.
             if !state.rate_limited_at(now_ms) {
@@ -47,13 +48,13 @@ impl View {
     }
 
     /// Drops a copy, so the next request reads shared data.
-    pub fn forget(&mut self, vendor: usize) {
-        if let Some(slot) = self.vendors.get_mut(vendor) {
+    pub fn forget(&mut self, unit: UnitId) {
+        if let Some(slot) = self.units.get_mut(unit) {
             *slot = None;
         }
     }
 
     pub fn forget_all(&mut self) {
-        self.vendors.iter_mut().for_each(|v| *v = None);
+        self.units.iter_mut().for_each(|(_, v)| *v = None);
     }
 }

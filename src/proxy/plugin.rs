@@ -5,7 +5,7 @@
 use crate::policy::batch::Batch;
 use crate::policy::choice::{self, Ask, Choice, Shared, Worker};
 use crate::policy::classify::{Outcome, Reason};
-use crate::policy::config::{AllDown, Config, Format};
+use crate::policy::config::{AllDown, Config, Format, Table, UnitId, VendorId};
 use crate::policy::health::{PhaseKind, Rules, Transition, VendorState};
 use crate::policy::journey::{self, JourneyRef, Stage};
 use crate::policy::notify;
@@ -28,8 +28,8 @@ pub struct Plugin<H: Host> {
     pub config: Config,
     pub rules: Rules,
     /// Shared-data key of each unit.
-    pub keys: Vec<String>,
-    vendor_stats: Vec<VendorStats>,
+    pub keys: Table<UnitId, String>,
+    vendor_stats: Table<VendorId, VendorStats>,
     pub stats: GlobalStats,
     /// Round robin, missing clusters and the copy of the shared state.
     pub worker: RefCell<Worker>,
@@ -39,9 +39,9 @@ pub struct Plugin<H: Host> {
     pub next_cluster_check_ms: Cell<u64>,
     pub next_refresh_ms: Cell<u64>,
     /// Quiet successes not yet written, per unit.
-    batches: RefCell<Vec<Batch>>,
+    batches: RefCell<Table<UnitId, Batch>>,
     /// Finished attempts per vendor not yet added to the `requests` counters.
-    unreported: RefCell<Vec<u64>>,
+    unreported: RefCell<Table<VendorId, u64>>,
     /// This VM's notification queue.
     pub queue: Cell<Option<u32>>,
     /// Requests of this worker that may still need rescuing, by context id.
@@ -61,14 +61,14 @@ impl<H: Host> Plugin<H> {
         let units = config.units.len();
         let keys = config
             .units
-            .iter()
+            .values()
             .map(|u| store::vendor_key(&unit_name(&config, u.vendor, u.model.as_deref()), config.window))
             .collect();
         let vendor_stats = config
             .vendors
-            .iter()
+            .values()
             .map(|v| VendorStats::define(&host, &v.name))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Table<_, _>, _>>()?;
         let stats = GlobalStats::define(&host)?;
         Ok(Plugin {
             reads_bodies: journey::reads_bodies(&config),
@@ -81,8 +81,8 @@ impl<H: Host> Plugin<H> {
             clock_ms: Cell::new(0),
             next_cluster_check_ms: Cell::new(0),
             next_refresh_ms: Cell::new(0),
-            batches: RefCell::new(vec![Batch::default(); units]),
-            unreported: RefCell::new(vec![0; n]),
+            batches: RefCell::new(Table::filled(units, Batch::default())),
+            unreported: RefCell::new(Table::filled(n, 0)),
             queue: Cell::new(None),
             journeys: RefCell::new(HashMap::new()),
             callouts: RefCell::new(HashMap::new()),
@@ -107,16 +107,16 @@ impl<H: Host> Plugin<H> {
         stats::add(&self.host, id, n);
     }
 
-    pub fn vendor_name(&self, vendor: usize) -> &str {
+    pub fn vendor_name(&self, vendor: VendorId) -> &str {
         self.config.vendors.get(vendor).map_or("?", |v| v.name.as_str())
     }
 
-    fn unit_vendor(&self, unit: usize) -> usize {
-        self.config.units.get(unit).map_or(unit, |u| u.vendor)
+    fn unit_vendor(&self, unit: UnitId) -> Option<VendorId> {
+        self.config.units.get(unit).map(|u| u.vendor)
     }
 
     /// A unit's name for logs: the vendor, and the model if it has its own.
-    pub fn unit_label(&self, unit: usize) -> String {
+    pub fn unit_label(&self, unit: UnitId) -> String {
         match self.config.units.get(unit) {
             Some(u) => unit_name(&self.config, u.vendor, u.model.as_deref()),
             None => "?".into(),
@@ -187,25 +187,26 @@ impl<H: Host> Plugin<H> {
     }
 
     /// Logs a phase change (exactly one worker makes each one) and updates stats.
-    pub fn announce(&self, unit: usize, t: &Transition) {
+    pub fn announce(&self, unit: UnitId, t: &Transition) {
         log::info!("vendor {}: {}", self.unit_label(unit), t);
-        if let Some(s) = self.vendor_stats.get(self.unit_vendor(unit)) {
+        let vendor = self.unit_vendor(unit);
+        if let Some((vendor, s)) = vendor.and_then(|v| Some((v, self.vendor_stats.get(v)?))) {
             if t.to == PhaseKind::Open {
                 self.add(s.ejections, 1);
             }
             // The state gauge follows the vendor's pass-through unit.
-            if unit < self.config.vendors.len() {
+            if vendor.pass_through() == unit {
                 stats::set(&self.host, s.state, t.to.gauge());
             }
         }
     }
 
-    pub fn note_store_error(&self, unit: usize, e: &StoreError) {
+    pub fn note_store_error(&self, unit: UnitId, e: &StoreError) {
         log::debug!("vendor {}: {e}", self.unit_label(unit));
         self.add(self.stats.store_errors, 1);
     }
 
-    pub fn count_truncation_closed(&self, vendor: usize) {
+    pub fn count_truncation_closed(&self, vendor: VendorId) {
         if let Some(s) = self.vendor_stats.get(vendor) {
             self.add(s.truncations_closed, 1);
         }
@@ -222,7 +223,7 @@ impl<H: Host> Plugin<H> {
         self.next_cluster_check_ms
             .set(now_ms.saturating_add(CLUSTER_RECHECK_MS));
         let mut worker = self.worker.borrow_mut();
-        for (i, vendor) in self.config.vendors.iter().enumerate() {
+        for (i, vendor) in self.config.vendors.iter() {
             let Some(flag) = worker.missing.get_mut(i) else {
                 continue;
             };
@@ -257,10 +258,10 @@ impl<H: Host> Plugin<H> {
     }
 
     pub fn any_cluster_missing(&self) -> bool {
-        self.worker.borrow().missing.iter().any(|&m| m)
+        self.worker.borrow().missing.values().any(|&m| m)
     }
 
-    pub fn mark_missing(&self, vendor: usize) {
+    pub fn mark_missing(&self, vendor: VendorId) {
         let mut worker = self.worker.borrow_mut();
         if let Some(flag) = worker.missing.get_mut(vendor) {
             if !*flag {
@@ -277,7 +278,7 @@ impl<H: Host> Plugin<H> {
     /// Writes one change to a unit's shared state, together with the
     /// worker's batched successes for it (older, so merged first), and tells
     /// the other workers when the change matters for routing.
-    fn write(&self, unit: usize, now_ms: u64, step: impl Fn(&mut VendorState) -> Option<Transition>) {
+    fn write(&self, unit: UnitId, now_ms: u64, step: impl Fn(&mut VendorState) -> Option<Transition>) {
         let Some(key) = self.keys.get(unit) else {
             return;
         };
@@ -324,25 +325,26 @@ impl<H: Host> Plugin<H> {
 
     /// Writes the batched successes and reports the batched request counts.
     pub fn flush(&self, now_ms: u64) {
-        for unit in 0..self.keys.len() {
+        for unit in self.keys.ids() {
             let pending = self.batches.borrow().get(unit).is_some_and(|b| !b.is_empty());
             if pending {
                 self.write(unit, now_ms, |_| None);
             }
         }
         let mut unreported = self.unreported.borrow_mut();
-        for (count, s) in unreported.iter_mut().zip(&self.vendor_stats) {
+        for (count, s) in unreported.values_mut().zip(self.vendor_stats.values()) {
             stats::add(&self.host, s.requests, std::mem::take(count));
         }
     }
 
     /// Re-reads every unit's shared state into this worker's copy and the gauges.
     pub fn refresh(&self, now_ms: u64) {
-        for (unit, key) in self.keys.iter().enumerate() {
+        for (unit, key) in self.keys.iter() {
             match store::load(&self.host, key, self.rules.window) {
                 Ok(Loaded { state, reset, .. }) => {
                     // Gauges exist for whole vendors only (the first units).
-                    if let (None, Some(s)) = (reset, self.vendor_stats.get(unit)) {
+                    let vendor = self.unit_vendor(unit).filter(|v| v.pass_through() == unit);
+                    if let (None, Some(s)) = (reset, vendor.and_then(|v| self.vendor_stats.get(v))) {
                         let totals = state.window.totals(now_ms);
                         stats::set(&self.host, s.state, state.effective_kind(now_ms).gauge());
                         stats::set(&self.host, s.window_requests, totals.requests());
@@ -362,7 +364,7 @@ impl<H: Host> Plugin<H> {
     /// Creates every unit's shared-data key (a missing key cannot be
     /// compare-and-swapped).
     pub fn create_keys(&self) {
-        for (unit, key) in self.keys.iter().enumerate() {
+        for (unit, key) in self.keys.iter() {
             if let Err(e) = store::create_if_missing(&self.host, key, self.rules.window) {
                 self.note_store_error(unit, &e);
             }
@@ -393,7 +395,7 @@ impl<H: Host> Plugin<H> {
     }
 
     /// Tells every other worker to drop its copy of `unit`.
-    fn notify(&self, unit: usize) {
+    fn notify(&self, unit: UnitId) {
         let Some(key) = self.keys.get(unit) else {
             return;
         };
@@ -413,7 +415,7 @@ impl<H: Host> Plugin<H> {
     pub fn on_notified(&self, token: u32) {
         let mut worker = self.worker.borrow_mut();
         while let Ok(Some(message)) = self.host.dequeue(token) {
-            if let Some(unit) = self.keys.iter().position(|k| k.as_bytes() == message.as_slice()) {
+            if let Some(unit) = self.keys.position(|k| k.as_bytes() == message.as_slice()) {
                 worker.view.forget(unit);
             }
         }
@@ -423,7 +425,7 @@ impl<H: Host> Plugin<H> {
     /// `candidate` (see `outbound::edits`).
     pub fn send_to(
         &self,
-        vendor: usize,
+        vendor: VendorId,
         candidate: Option<&Candidate>,
         format: Option<Format>,
         client: &[(String, Vec<u8>)],
@@ -498,7 +500,7 @@ impl<H: Host> Plugin<H> {
 
 /// A unit's name: `vendor` for its pass-through unit, `vendor/model` for
 /// one of its models. It names the unit's shared-data key and its log lines.
-pub fn unit_name(config: &Config, vendor: usize, model: Option<&str>) -> String {
+pub fn unit_name(config: &Config, vendor: VendorId, model: Option<&str>) -> String {
     let v = config.vendors.get(vendor).map_or("?", |v| v.name.as_str());
     match model {
         None => v.to_string(),

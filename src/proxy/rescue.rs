@@ -144,7 +144,7 @@ fn deliver<H: Host>(p: &Plugin<H>, j: &JourneyRef, status: u16, headers: &[(Stri
 pub fn give_up<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) {
     let (format, units, tried) = {
         let jb = j.borrow();
-        let units: Vec<(usize, usize)> = jb.flight.plan.iter().map(|c| (c.unit, c.vendor)).collect();
+        let units: Vec<_> = jb.flight.plan.iter().map(|c| (c.unit, c.vendor)).collect();
         (jb.format, units, jb.flight.tried_vendors())
     };
     let mut due = Vec::new();

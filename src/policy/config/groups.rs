@@ -1,5 +1,6 @@
 //! Route groups: requested models that share an ordered list of targets.
 
+use super::ids::{UnitId, VendorId};
 use super::reader::{err, kind, Fields};
 use super::vendors::{model_name, unit_for, Unit, Vendor};
 use super::ConfigError;
@@ -8,13 +9,13 @@ use serde_json::Value;
 /// One way to serve a request in a route group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub vendor: usize,
+    pub vendor: VendorId,
     /// The model to ask the vendor for; `None`: the requested one.
     pub model: Option<String>,
     /// Tokens the model accepts; a request that overflows a smaller window
     /// is rescued by a target with a larger one.
     pub context_window: Option<u64>,
-    pub unit: usize,
+    pub unit: UnitId,
 }
 
 /// Requested models that share an ordered list of targets.
@@ -76,7 +77,7 @@ pub(super) fn parse_groups(
             let Some(vendor_name) = tf.string("vendor")? else {
                 return err(&tf.path("vendor"), "is required");
             };
-            let Some(vendor) = vendors.iter().position(|v| v.name == vendor_name) else {
+            let Some(vendor) = vendors.iter().position(|v| v.name == vendor_name).map(VendorId) else {
                 return err(
                     &tf.path("vendor"),
                     format!("{vendor_name:?} is not a configured vendor"),

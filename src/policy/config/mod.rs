@@ -1,11 +1,13 @@
 //! The filter configuration: `Config`, `ConfigError`, and parsing the whole document section by section.
 
 mod groups;
+mod ids;
 mod reader;
 mod tuning;
 mod vendors;
 
 pub use groups::{Group, Target};
+pub use ids::{Id, Table, UnitId, VendorId};
 pub use reader::parse_duration;
 pub use tuning::{
     AllDown, Backoff, RateLimit, Recovery, Rescue, SlowLimits, StatusSet, TripRule, WindowSpec,
@@ -32,9 +34,9 @@ pub struct Config {
     pub cluster_header: String,
     /// Response header naming the vendor that served; `None` when disabled.
     pub vendor_header: Option<String>,
-    /// In config order; `by_preference` lists their indices best first.
-    pub vendors: Vec<Vendor>,
-    pub by_preference: Vec<usize>,
+    /// In config order; `by_preference` lists them best first.
+    pub vendors: Table<VendorId, Vendor>,
+    pub by_preference: Vec<VendorId>,
     pub window: WindowSpec,
     pub trip: TripRule,
     pub ejection: Backoff,
@@ -47,7 +49,7 @@ pub struct Config {
     pub refresh_ms: u64,
     pub groups: Vec<Group>,
     /// Every health unit: the vendors' pass-through units first.
-    pub units: Vec<Unit>,
+    pub units: Table<UnitId, Unit>,
     pub rescue: Rescue,
 }
 
@@ -67,10 +69,11 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Parses the filter JSON. An empty configuration is refused because
-    /// there is no sensible default for the vendor list.
+    /// Parses the filter JSON with no environment (no vendor may name an
+    /// `api_key_env`). An empty configuration is refused because there is
+    /// no sensible default for the vendor list.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
-        Config::parse_with_env(bytes, &|name| std::env::var(name).ok())
+        Config::parse_with_env(bytes, &|_| None)
     }
 
     /// Parses with `env` standing in for the process environment (where
@@ -105,13 +108,13 @@ impl Config {
         let refresh_ms = parse_refresh(&root)?;
         root.finish()?;
 
-        let mut by_preference: Vec<usize> = (0..vendors.len()).collect();
+        let mut by_preference: Vec<VendorId> = (0..vendors.len()).map(VendorId).collect();
         // Stable: equal priorities keep their config order.
-        by_preference.sort_by_key(|&i| vendors.get(i).map_or(u32::MAX, |v| v.priority));
+        by_preference.sort_by_key(|&v| vendors.get(v.0).map_or(u32::MAX, |v| v.priority));
         Ok(Config {
             cluster_header,
             vendor_header,
-            vendors,
+            vendors: vendors.into(),
             by_preference,
             window,
             trip,
@@ -123,7 +126,7 @@ impl Config {
             all_down,
             refresh_ms,
             groups,
-            units,
+            units: units.into(),
             rescue,
         })
     }

@@ -1,6 +1,7 @@
 //! Tests of the whole configuration: defaults, every field, every refusal, and random documents.
 
 use super::*;
+use crate::policy::config::VendorId;
 use serde_json::{Map, Value};
 use std::num::{NonZeroU32, NonZeroU64};
 
@@ -28,8 +29,8 @@ fn minimal_config_takes_every_default() {
     assert_eq!(c.cluster_header, "x-llm-failover-cluster");
     assert_eq!(c.vendor_header.as_deref(), Some("x-llm-failover-vendor"));
     assert_eq!(
-        c.vendors,
-        vec![Vendor {
+        c.vendors.as_slice(),
+        [Vendor {
             name: "anthropic".into(),
             cluster: "anthropic".into(),
             priority: 0,
@@ -40,7 +41,13 @@ fn minimal_config_takes_every_default() {
             models: None,
         }]
     );
-    assert_eq!(c.units, vec![Unit { vendor: 0, model: None }]);
+    assert_eq!(
+        c.units.as_slice(),
+        [Unit {
+            vendor: VendorId(0),
+            model: None
+        }]
+    );
     assert!(c.groups.is_empty());
     assert_eq!(
         c.rescue,
@@ -142,9 +149,9 @@ fn full_config_is_read() {
     .unwrap();
     assert_eq!(c.cluster_header, "x-route-to");
     assert_eq!(c.vendor_header, None);
-    assert_eq!(c.by_preference, vec![1, 0, 2]);
-    assert_eq!(c.vendors[1].cluster, "outbound|443||api.anthropic.com");
-    assert_eq!(c.vendors[0].weight, n32(3));
+    assert_eq!(c.by_preference, vec![VendorId(1), VendorId(0), VendorId(2)]);
+    assert_eq!(c.vendors[VendorId(1)].cluster, "outbound|443||api.anthropic.com");
+    assert_eq!(c.vendors[VendorId(0)].weight, n32(3));
     assert_eq!(
         c.window,
         WindowSpec {
@@ -323,15 +330,15 @@ fn vendor_adaptation_groups_and_units() {
         &env,
     )
     .unwrap();
-    let a = &c.vendors[0];
+    let a = &c.vendors[VendorId(0)];
     assert_eq!(a.host.as_deref(), Some("api.anthropic.com"));
     assert_eq!(a.api_key.as_ref().map(Secret::expose), Some("sk-ant-secret"));
     assert_eq!(format!("{:?}", a.api_key), "Some([redacted])", "keys never show");
     assert_eq!(a.paths.for_format(Format::Anthropic), Some(Some("/v1/messages")));
-    assert_eq!(c.vendors[1].paths.for_format(Format::Anthropic), None);
-    assert_eq!(c.vendors[2].paths.for_format(Format::OpenAi), Some(None));
+    assert_eq!(c.vendors[VendorId(1)].paths.for_format(Format::Anthropic), None);
+    assert_eq!(c.vendors[VendorId(2)].paths.for_format(Format::OpenAi), Some(None));
     // Units: three pass-through, two from anthropic's map, one from the group.
-    let units: Vec<(usize, Option<&str>)> = c.units.iter().map(|u| (u.vendor, u.model.as_deref())).collect();
+    let units: Vec<(usize, Option<&str>)> = c.units.values().map(|u| (u.vendor.0, u.model.as_deref())).collect();
     assert_eq!(
         units,
         vec![
@@ -345,7 +352,7 @@ fn vendor_adaptation_groups_and_units() {
     );
     let g = &c.groups[0];
     assert_eq!(g.models, vec!["opus", "claude-opus"]);
-    assert_eq!(g.targets.iter().map(|t| t.unit).collect::<Vec<_>>(), vec![4, 5, 2]);
+    assert_eq!(g.targets.iter().map(|t| t.unit.0).collect::<Vec<_>>(), vec![4, 5, 2]);
 
     assert_eq!(g.targets[2].model, None);
     assert_eq!(c.rescue.first_token_ms, Some(5_000));
@@ -619,8 +626,8 @@ fn assert_invariants(c: &Config, doc: &Value) {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(c.vendors.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), names);
-    for v in &c.vendors {
+    assert_eq!(c.vendors.values().map(|v| v.name.as_str()).collect::<Vec<_>>(), names);
+    for v in c.vendors.values() {
         assert!(v.priority <= 1_000 && v.weight.get() <= 10_000, "{v:?}");
         assert!(!v.cluster.is_empty() && v.cluster.bytes().all(|b| b.is_ascii_graphic()));
         assert!(!matches!(&v.paths, Paths::Only(list) if list.is_empty()));
@@ -629,27 +636,34 @@ fn assert_invariants(c: &Config, doc: &Value) {
     // By priority, equal priorities in config order.
     let mut order = c.by_preference.clone();
     order.sort_unstable();
-    assert_eq!(order, (0..n).collect::<Vec<_>>());
+    assert_eq!(order, (0..n).map(VendorId).collect::<Vec<_>>());
     for w in c.by_preference.windows(2) {
         let (a, b) = (c.vendors[w[0]].priority, c.vendors[w[1]].priority);
         assert!(a < b || (a == b && w[0] < w[1]), "{:?}", c.by_preference);
     }
     // Units: every vendor's pass-through unit first, then distinct model units.
-    for (i, u) in c.units.iter().enumerate() {
+    let units = c.units.as_slice();
+    for (i, u) in units.iter().enumerate() {
         if i < n {
-            assert_eq!(u, &Unit { vendor: i, model: None });
+            assert_eq!(
+                u,
+                &Unit {
+                    vendor: VendorId(i),
+                    model: None
+                }
+            );
         } else {
-            assert!(u.vendor < n && u.model.is_some(), "{u:?}");
+            assert!(u.vendor.0 < n && u.model.is_some(), "{u:?}");
         }
-        assert!(!c.units[..i].contains(u), "unit {u:?} listed twice");
+        assert!(!units[..i].contains(u), "unit {u:?} listed twice");
     }
-    for (i, v) in c.vendors.iter().enumerate() {
+    for (i, v) in c.vendors.iter() {
         for (_, to) in v.models.iter().flatten() {
             let unit = Unit {
                 vendor: i,
                 model: Some(to.clone()),
             };
-            assert!(c.units.contains(&unit), "no unit for {unit:?}");
+            assert!(units.contains(&unit), "no unit for {unit:?}");
         }
     }
     // Groups: as many as listed; targets name existing vendors and units.
@@ -663,7 +677,7 @@ fn assert_invariants(c: &Config, doc: &Value) {
             assert!(c.groups[..i].iter().all(|e| !e.models.contains(m)), "{m} in two groups");
         }
         for t in &g.targets {
-            assert!(t.vendor < n);
+            assert!(t.vendor.0 < n);
             let unit = Unit {
                 vendor: t.vendor,
                 model: t.model.clone(),

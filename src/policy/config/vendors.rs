@@ -1,5 +1,6 @@
 //! Vendors: cluster, rank, host, key, API paths and model maps; and the health units they make.
 
+use super::ids::{UnitId, VendorId};
 use super::reader::{err, kind, Fields};
 use super::ConfigError;
 use serde_json::Value;
@@ -104,7 +105,7 @@ impl fmt::Debug for Secret {
 /// `0..vendors.len()` are the vendors' pass-through units, in config order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
-    pub vendor: usize,
+    pub vendor: VendorId,
     pub model: Option<String>,
 }
 
@@ -247,28 +248,33 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
 /// The vendors' pass-through units, in config order, then one per model
 /// their model maps name.
 pub(super) fn units_of(vendors: &[Vendor]) -> Vec<Unit> {
-    let mut units: Vec<Unit> = (0..vendors.len()).map(|vendor| Unit { vendor, model: None }).collect();
+    let mut units: Vec<Unit> = (0..vendors.len())
+        .map(|vendor| Unit {
+            vendor: VendorId(vendor),
+            model: None,
+        })
+        .collect();
     for (vendor, v) in vendors.iter().enumerate() {
         for (_, model) in v.models.iter().flatten() {
-            unit_for(&mut units, vendor, Some(model));
+            unit_for(&mut units, VendorId(vendor), Some(model));
         }
     }
     units
 }
 
 /// The index of the unit (vendor, model), added if new.
-pub(super) fn unit_for(units: &mut Vec<Unit>, vendor: usize, model: Option<&String>) -> usize {
+pub(super) fn unit_for(units: &mut Vec<Unit>, vendor: VendorId, model: Option<&String>) -> UnitId {
     if let Some(i) = units
         .iter()
         .position(|u| u.vendor == vendor && u.model.as_ref() == model)
     {
-        return i;
+        return UnitId(i);
     }
     units.push(Unit {
         vendor,
         model: model.cloned(),
     });
-    units.len() - 1
+    UnitId(units.len() - 1)
 }
 
 pub(super) fn model_name(value: &Value, path: &str) -> Result<String, ConfigError> {
