@@ -1,5 +1,4 @@
-//! llm-failover: an Envoy proxy-wasm filter that keeps LLM traffic on a
-//! healthy vendor.
+//! llm-failover: an Envoy proxy-wasm filter that keeps LLM traffic on a healthy vendor.
 //!
 //! Two layers. `policy` decides everything and never touches the proxy:
 //! time, the shared store and what the proxy saw are passed in, so every

@@ -1,7 +1,6 @@
-//! Request and answer bodies as the filter needs them: the requested model
-//! and stream flag, a body with its model replaced for another vendor (every
-//! other byte kept as it was), and whether an error answer says the context
-//! window was exceeded.
+//! Request bodies: the model and stream flag, the body with its model replaced, context-overflow errors.
+//!
+//! A body with its model replaced keeps every other byte as it was.
 
 /// What routing needs from a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]

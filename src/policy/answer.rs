@@ -1,7 +1,8 @@
-//! What becomes of an attempt's answer before anything of it reached the
-//! client: pass it on, peek at a stream's first event, inspect a 400's
-//! body, or hold it and rescue the request; and how a rescue callout's
-//! whole answer is judged.
+//! What becomes of an attempt's answer before the client saw any of it: pass, peek, inspect or rescue.
+//!
+//! Pass it on, peek at a stream's first event, inspect a 400's body, or hold
+//! it and rescue the request; and how a rescue callout's whole answer is
+//! judged.
 
 use crate::policy::adapt;
 use crate::policy::choice::LazyClock;

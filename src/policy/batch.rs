@@ -1,4 +1,4 @@
-//! Per-worker batching of quiet successes.
+//! A worker's batch of quiet successes, written to shared data in one go.
 //!
 //! Writing every outcome to shared data costs a read, a compare-and-swap
 //! write and an encode per request. A success routed while its vendor was

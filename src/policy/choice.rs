@@ -1,4 +1,4 @@
-//! Vendor choice: the best candidate that can take a request right now.
+//! Which candidate takes a request now: by level and weight, from the worker's view.
 //!
 //! Candidates are tried by level (lower first); inside a level, healthy
 //! ones share traffic by weight. A half-open unit takes a request only by

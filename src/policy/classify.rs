@@ -1,5 +1,4 @@
-//! Response classification: what a finished request says about its vendor,
-//! and why.
+//! What a finished attempt says about its vendor: success, slow, failure and why, rate limited, neutral.
 //!
 //! Inputs are what the filter saw of the answer: its status, Envoy's
 //! response flags (Envoy's own verdict on connect failures, resets and

@@ -1,4 +1,4 @@
-//! Binary form of `VendorState` in proxy-wasm shared data.
+//! The binary, versioned, checksummed form of a unit's state in shared data.
 //!
 //! Fixed little-endian layout, a format version and a checksum: a blob from
 //! another layout, another window shape or a corrupted write is detected and

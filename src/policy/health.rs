@@ -1,5 +1,4 @@
-//! One vendor's health: the closed / open / half-open state machine, its trip
-//! rule, ejection back-off and half-open probe budget.
+//! One unit's health: the closed / open / half-open state machine, trip rule, back-off and probes.
 //!
 //! `VendorState` is what every worker shares (through `codec` and `store`).
 //! Each method here is a pure step `(state, now, outcome) -> state'`, so the

@@ -1,6 +1,7 @@
-//! A request the filter holds on to (one in a known API format that may be
-//! adapted and rescued): whether to hold it, where it stands, and what it
-//! carries for a rescue.
+//! A request the filter holds: whether to hold it, where it stands, what it carries for a rescue.
+//!
+//! Held requests are those in a known API format that may be adapted and
+//! rescued.
 
 use crate::policy::config::{Config, Format, VendorId};
 use crate::policy::plan::Candidate;

@@ -1,5 +1,4 @@
-//! The policy: every decision the filter makes, as pure functions of what
-//! the proxy saw, the time and the shared store (all passed in).
+//! The policy layer: every decision, pure; time, the store and what Envoy showed are passed in.
 
 pub mod adapt;
 pub mod answer;

@@ -1,4 +1,4 @@
-//! Telling the other workers that a vendor changed.
+//! The registry of worker queues that hear of routing changes, and the worker numbering.
 //!
 //! Each worker VM owns a proxy-wasm shared queue. Queue tokens are process
 //! wide, so a worker publishes its token in a shared-data registry; whoever

@@ -1,6 +1,7 @@
-//! What the filter sees of one answer as it passes to the client: its
-//! status, when its body started, its longest silence, how a stream ended;
-//! gathered chunk by chunk into the `Observed` that classification judges.
+//! What the filter sees of an answer as it passes: status, timing, how its stream ended.
+//!
+//! Gathered chunk by chunk into the `Observed` that classification judges:
+//! when the body started, its longest silence, how a stream ended.
 
 use crate::policy::classify::Observed;
 use crate::policy::sse::{self, Dialect, Ending, Scanner};

@@ -1,7 +1,7 @@
-//! What crosses the filter's edges besides the body: the request headers a
-//! vendor gets (routing header, path, authority, its own credentials and
-//! never the client's), a rescue callout's whole request, and the headers
-//! of an answer the filter delivers itself.
+//! What a vendor receives besides the body, a callout's whole request, a delivered answer's headers.
+//!
+//! A vendor gets the routing header, path, authority and its own
+//! credentials, never the client's.
 
 use crate::policy::adapt;
 use crate::policy::config::{Format, Vendor};

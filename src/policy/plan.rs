@@ -1,6 +1,4 @@
-//! Which health units may serve a request, in which order, and what to send
-//! each (the model name, the path): its candidates, and the attempts made
-//! on them.
+//! A request's candidates (which units may serve it, in which order, asked how) and its attempts.
 //!
 //! A requested model that a route group lists gets that group's targets, in
 //! the group's order. Any other request goes to every vendor that serves

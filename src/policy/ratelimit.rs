@@ -1,5 +1,4 @@
-//! Rate-limit headers: how long a vendor that answered 429 asks to be left
-//! alone.
+//! How long a vendor that answered 429 asks to be left alone, read from its headers.
 //!
 //! Understood, in this order of trust:
 //! - `retry-after-ms` (OpenAI, Azure): milliseconds;

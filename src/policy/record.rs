@@ -1,6 +1,6 @@
-//! Recording an attempt's outcome: which stats it counts in, whether it is
-//! written to its unit's shared state now, batched, or not at all, and
-//! whether the change must be announced to the other workers.
+//! Recording an outcome: its stats; written now, batched or skipped; who must hear of it.
+//!
+//! A write that matters for routing is announced to the other workers.
 
 use crate::policy::classify::{Outcome, Reason};
 use crate::policy::config::WindowSpec;

@@ -1,7 +1,7 @@
-//! The filter's own answers, in the client's API format (OpenAI's error
-//! object, or Anthropic's): a 503 when no vendor is left to serve a request
-//! (naming each vendor and when it is due back, with `retry-after` set to
-//! the soonest), and a 404 when no vendor serves the requested model.
+//! The filter's own answers in the client's API format: 503 when no vendor is left, 404 for an unserved model.
+//!
+//! The 503 names each vendor and when it is due back, with `retry-after`
+//! set to the soonest.
 
 use crate::policy::choice::Due;
 use crate::policy::config::{Config, Format, VendorId};

@@ -1,5 +1,4 @@
-//! Same-request failover: which failures move a request to the next vendor,
-//! which vendors are left to try, and when to stop.
+//! Same-request failover: which failures move a request, to which candidates, within which bounds.
 //!
 //! The first attempt goes through Envoy's router and streams live. If it
 //! fails before any byte reached the client, the glue holds the answer back

@@ -1,7 +1,7 @@
-//! Server-sent-event scanning: finds errors inside HTTP 200 streams and
-//! streams that end before their end marker, chunk by chunk, as the bytes
-//! pass to the client (nothing is held back or buffered beyond the event
-//! being read).
+//! Server-sent-event scanning: errors inside 200 streams, and streams cut before their end marker.
+//!
+//! The scan runs chunk by chunk as the bytes pass to the client: nothing is
+//! held back or buffered beyond the event being read.
 //!
 //! Lines may end in LF, CRLF or CR and may be split across chunks at any
 //! byte; `data:` may span several lines; comments (`:`) and keep-alives are

@@ -1,5 +1,6 @@
-//! The shared store: proxy-wasm shared data seen through a trait, and the
-//! compare-and-swap loop that every change to a vendor's state goes through.
+//! The shared store behind a compare-and-swap trait, the update loop, and an in-memory store.
+//!
+//! Every change to a unit's state goes through the compare-and-swap loop.
 //!
 //! In Envoy the store is one map per process shared by all worker VMs; a
 //! write carries the token of the value it was computed from and fails if

@@ -1,5 +1,4 @@
-//! A worker's copy of each vendor's shared state, so that routing a request
-//! to a healthy vendor reads no shared data.
+//! A worker's copy of every unit's shared state, so routing to a healthy vendor reads no shared data.
 //!
 //! Only a phase change or a vendor's first failure can change where a
 //! request should go, and whoever makes such a change with compare-and-swap

@@ -1,5 +1,7 @@
-//! Sliding window of request outcomes: a ring of time buckets counting
-//! successes and failures, so old outcomes fall out one bucket at a time.
+//! The sliding window of outcomes: a ring of time buckets.
+//!
+//! Buckets count successes, failures and slow answers; old outcomes fall
+//! out one bucket at a time.
 //!
 //! An outcome recorded at time `t` lands in bucket `t / bucket_ms` and counts
 //! until `now` reaches the start of the bucket `buckets` places later: with

@@ -1,5 +1,4 @@
-//! Byte layouts of the proxy-wasm ABI that the glue reads and writes, kept
-//! apart from the host calls so they are tested on the host.
+//! Byte layouts of the proxy-wasm ABI (header maps), tested on the host.
 //!
 //! A header map is: the pair count (u32), then each pair's name length and
 //! value length (u32 each), then each name and value followed by a NUL.

@@ -1,5 +1,6 @@
-//! The `Host` trait: every call the filter makes into Envoy, so the
-//! contexts run over the real ABI (`wasm`) or a recording fake (`fake`).
+//! The `Host` trait: every call the filter makes into Envoy.
+//!
+//! The contexts run over the real ABI (`wasm`) or a recording fake (`fake`).
 
 use crate::policy::store::Store;
 

@@ -1,5 +1,6 @@
-//! The proxy adapter: everything that talks to Envoy. Each callback asks
-//! the policy and maps its answer to host calls, all made through `Host`.
+//! The proxy adapter: everything that talks to Envoy, all through `Host`.
+//!
+//! Each callback asks the policy and maps its answer to host calls.
 
 pub mod abi;
 #[cfg(not(target_arch = "wasm32"))]

@@ -1,6 +1,4 @@
-//! One configured filter in one worker VM, shared by its streams: the
-//! worker's copy of the shared state, its batches and stats; recording an
-//! attempt's outcome, choosing for a request, and telling other workers.
+//! One configured filter in one worker VM: its view, batches and stats; recording, choosing, notifying.
 
 use crate::policy::batch::Batch;
 use crate::policy::choice::{self, Ask, Choice, Shared, Worker};

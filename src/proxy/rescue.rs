@@ -1,6 +1,4 @@
-//! Same-request failover as host actions: a rescue callout to the next
-//! candidate, its answer judged and delivered (or the 503 when none is
-//! left), and the tick's checks on held requests.
+//! Same-request failover as host actions: callouts, their answers delivered, the 503, the tick's checks.
 
 use crate::policy::answer::{self, AfterCallout, CalloutAnswer};
 use crate::policy::choice::{Ask, Choice, Due};

@@ -1,5 +1,4 @@
-//! The root context of one worker VM: configuration, the tick, change
-//! notifications, and the streams it creates.
+//! The root context of a worker VM: configuration, the tick, notifications, new streams.
 
 use crate::policy::config::Config;
 use crate::proxy::host::{Buffer, Host};

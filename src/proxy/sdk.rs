@@ -1,5 +1,4 @@
-//! The proxy-wasm SDK's context traits, each callback handed to `Root` or
-//! `Stream` unchanged, and the VM's entry point.
+//! The proxy-wasm SDK's traits, each callback handed on unchanged, and the VM's entry point.
 
 use crate::proxy::host::Host;
 use crate::proxy::root::Root;

@@ -1,5 +1,4 @@
-//! The stats the filter defines in Envoy, and the one place an outcome's
-//! counts become metric updates.
+//! The stats the filter defines in Envoy, and where an outcome's counts become metric updates.
 //!
 //! Envoy stores a wasm metric under `wasmcustom.<name>` and merges metrics
 //! of the same name from every worker VM, so counters add up across workers

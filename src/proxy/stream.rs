@@ -1,6 +1,6 @@
-//! One HTTP stream's callbacks. Each asks the policy what to do with what
-//! Envoy shows it (see `journey`, `answer`, `observe`) and turns the answer
-//! into host calls.
+//! One HTTP stream's callbacks, each asking the policy and mapping its answer to host calls.
+//!
+//! The policy modules asked are `journey`, `answer` and `observe`.
 //!
 //! Per request: the request headers choose the vendor and write its
 //! cluster into the routing header (a request in a known API format is

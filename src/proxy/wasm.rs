@@ -1,5 +1,6 @@
-//! `Host` over the proxy-wasm ABI (0.2.1), declared directly: the SDK's own
-//! wrappers panic on a status they do not expect, and a panic traps the
+//! `Host` over the proxy-wasm ABI, every status a `Result`.
+//!
+//! The ABI (0.2.1) is declared directly: the SDK's own wrappers panic on a status they do not expect, and a panic traps the
 //! worker's VM. Here every status comes back as a `Result` and byte values
 //! stay bytes. Only callouts go through the SDK, whose dispatcher must know
 //! their tokens.

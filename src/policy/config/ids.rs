@@ -1,5 +1,4 @@
-//! The two kinds of index into a configuration, kept apart by type: a
-//! vendor, and a health unit; and tables indexed by each.
+//! Vendor ids and unit ids, kept apart by type, and tables indexed by each.
 
 use std::marker::PhantomData;
 

@@ -1,5 +1,6 @@
-//! Whole requests through the real contexts over the fake host, called the
-//! way Envoy calls them: request headers, body, the router's answer in
+//! Whole requests through the real contexts over the fake host, called the way Envoy calls them.
+//!
+//! In order: request headers, body, the router's answer in
 //! chunks (or Envoy's own local reply), callouts answered, the filter's own
 //! replies passed through its encoders, and the stream's end.
 

@@ -1,7 +1,8 @@
-//! A recording fake of `Host` for tests on the host: one Envoy process
-//! (shared data, queues, metrics, clusters, environment, a clock) with any
-//! number of worker VMs, each with its streams (headers, bodies, properties,
-//! the filter's own replies) and callouts. `envoy` drives whole requests
+//! A recording fake of `Host`: one Envoy process with worker VMs, for tests on the host.
+//!
+//! The process holds shared data, queues, metrics, clusters, environment and
+//! a clock; each worker VM its streams (headers, bodies, properties, the
+//! filter's own replies) and callouts. `envoy` drives whole requests
 //! through the real contexts the way Envoy calls them.
 
 pub mod envoy;

@@ -1,5 +1,4 @@
-//! The response callbacks and the stream's end: watching the answer pass,
-//! closing a cut stream, and recording the outcome.
+//! Tests of the response callbacks and the stream's end.
 
 use super::*;
 use crate::policy::store::vendor_key;

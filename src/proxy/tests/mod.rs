@@ -1,5 +1,4 @@
-//! The contexts driven through the fake host: one test (at least) per
-//! callback, as scenarios.
+//! The contexts driven through the fake host: at least one test per callback, as scenarios.
 
 mod answers;
 mod requests;

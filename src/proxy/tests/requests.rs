@@ -1,5 +1,4 @@
-//! The request callbacks: routing at the headers, holding for the body,
-//! adapting the request for its vendor, and the filter's own answers.
+//! Tests of the request callbacks: routing, holding for the body, adapting, the filter's own answers.
 
 use super::*;
 use crate::proxy::fake::envoy::Request;

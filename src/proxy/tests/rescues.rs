@@ -1,5 +1,4 @@
-//! Same-request failover: the held answer, the callout to the next vendor,
-//! its answer delivered with the accounting headers, or the 503.
+//! Tests of same-request failover: held answers, callouts, delivered answers, the 503.
 
 use super::*;
 use crate::proxy::fake::envoy::Request;

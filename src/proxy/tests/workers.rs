@@ -1,5 +1,4 @@
-//! The root context: configuration, the tick and notifications between
-//! worker VMs.
+//! Tests of the root context: configuration, the tick, notifications between workers.
 
 use super::*;
 use crate::proxy::fake::envoy::Request;
