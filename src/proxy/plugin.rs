@@ -3,6 +3,7 @@
 use crate::policy::batch::Batch;
 use crate::policy::choice::{self, Ask, Choice, Shared, Worker};
 use crate::policy::classify::{Outcome, Reason};
+use crate::policy::codec;
 use crate::policy::config::{AllDown, Config, Format, Table, UnitId, VendorId};
 use crate::policy::health::{PhaseKind, Rules, Transition, VendorState};
 use crate::policy::journey::{self, JourneyRef, Stage};
@@ -295,6 +296,7 @@ impl<H: Host> Plugin<H> {
         });
         match result {
             Ok(done) => {
+                self.add(self.stats.cas_retries, u64::from(done.conflicts));
                 let (transition, before) = done.result;
                 let matters = record::announce(before, &done.state, now_ms, transition.is_some(), done.reset.is_some());
                 if let Some(why) = done.reset {
@@ -337,9 +339,11 @@ impl<H: Host> Plugin<H> {
 
     /// Re-reads every unit's shared state into this worker's copy and the gauges.
     pub fn refresh(&self, now_ms: u64) {
+        let mut shared_bytes = 0;
         for (unit, key) in self.keys.iter() {
             match store::load(&self.host, key, self.rules.window) {
                 Ok(Loaded { state, reset, .. }) => {
+                    shared_bytes += codec::encoded_len(state.window.spec().buckets.get()) + key.len();
                     // Gauges exist for whole vendors only (the first units).
                     let vendor = self.unit_vendor(unit).filter(|v| v.pass_through() == unit);
                     if let (None, Some(s)) = (reset, vendor.and_then(|v| self.vendor_stats.get(v))) {
@@ -357,6 +361,12 @@ impl<H: Host> Plugin<H> {
                 }
             }
         }
+        for key in [notify::REGISTRY_KEY, notify::SEQUENCE_KEY] {
+            if let Ok(Some((value, _))) = store::Store::get(&self.host, key) {
+                shared_bytes += value.len() + key.len();
+            }
+        }
+        stats::set(&self.host, self.stats.shared_bytes, shared_bytes as u64);
     }
 
     /// Creates every unit's shared-data key (a missing key cannot be

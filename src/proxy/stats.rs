@@ -39,7 +39,12 @@ pub struct GlobalStats {
     pub all_down: u32,
     pub rejected: u32,
     pub state_resets: u32,
+    /// Shared-data calls that failed, or writes that stayed contended.
     pub store_errors: u32,
+    /// Compare-and-swap writes that lost a race and were recomputed.
+    pub cas_retries: u32,
+    /// Bytes of shared data the filter's keys hold (a gauge).
+    pub shared_bytes: u32,
     /// Requests answered by a rescue after their first attempt failed.
     pub rescued: u32,
     /// Rescue attempts sent (callouts).
@@ -141,6 +146,8 @@ impl GlobalStats {
             rejected: counter("rejected")?,
             state_resets: counter("state_resets")?,
             store_errors: counter("store_errors")?,
+            cas_retries: counter("cas_retries")?,
+            shared_bytes: define(host, MetricKind::Gauge, "llm_failover.shared_bytes")?,
             rescued: counter("rescued")?,
             rescue_attempts: counter("rescue_attempts")?,
             rescues_failed: counter("rescues_failed")?,

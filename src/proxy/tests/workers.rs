@@ -67,6 +67,9 @@ fn tick_refreshes_the_state_gauges() {
     assert_eq!(e.main.metric("llm_failover.vendor.anthropic.state"), 1);
     assert_eq!(e.main.metric("llm_failover.vendor.anthropic.ejections"), 1);
     assert_eq!(e.main.metric("llm_failover.vendor.openai.state"), 0);
+    // Three units of 192 bytes with their keys, and the worker registry.
+    let shared = e.main.metric("llm_failover.shared_bytes");
+    assert!((3 * 192..3 * 192 + 300).contains(&shared), "{shared}");
 }
 
 #[test]
