@@ -3,6 +3,7 @@
 //! Held requests are those in a known API format that may be adapted and
 //! rescued.
 
+use crate::policy::adapt::Request;
 use crate::policy::config::{Config, Format, VendorId};
 use crate::policy::plan::Candidate;
 use crate::policy::rescue::{Flight, Move};
@@ -69,6 +70,8 @@ pub struct Journey {
     /// The client's request headers and body, as they arrived.
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
+    /// The body as read: its model and where the model stands.
+    pub request: Option<Request>,
     /// When a streamed answer must have shown its first event.
     pub first_token_deadline: Option<u64>,
     /// The vendor the request was routed to at its headers, and how.
@@ -96,6 +99,7 @@ impl Journey {
             flight: Flight::new(format, false, Vec::new(), now_ms, &config.rescue),
             headers,
             body: Vec::new(),
+            request: None,
             first_token_deadline: None,
             at_headers: None,
             peek: None,
@@ -144,6 +148,13 @@ pub fn reads_bodies(config: &Config) -> bool {
     config.rescue.max_attempts.get() > 1
         || !config.groups.is_empty()
         || config.vendors.values().any(|v| v.models.is_some())
+}
+
+/// Whether a request whose body is too large to read may still be routed
+/// unread: only when no route group and no model map could have changed
+/// where it goes or what it asks for (otherwise it is refused, 413).
+pub fn unread_body_routable(config: &Config) -> bool {
+    config.groups.is_empty() && config.vendors.values().all(|v| v.models.is_none())
 }
 
 /// Decides at a request's headers whether to hold it for its body.
@@ -212,6 +223,19 @@ mod tests {
         let plain = config(r#"{"vendors":[{"name":"a"}],"rescue":{"max_attempts":1}}"#);
         assert!(!reads_bodies(&plain));
         assert!(reads_bodies(&c));
+    }
+
+    #[test]
+    fn a_body_too_large_to_read_goes_unread_only_where_models_do_not_matter() {
+        assert!(unread_body_routable(&config(
+            r#"{"vendors":[{"name":"a"},{"name":"b"}]}"#
+        )));
+        assert!(!unread_body_routable(&config(
+            r#"{"vendors":[{"name":"a","models":{"*":"m"}}]}"#
+        )));
+        assert!(!unread_body_routable(&config(
+            r#"{"vendors":[{"name":"a"}],"groups":[{"models":["x"],"targets":[{"vendor":"a"}]}]}"#
+        )));
     }
 
     #[test]

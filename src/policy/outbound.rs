@@ -3,13 +3,19 @@
 //! A vendor gets the routing header, path, authority and its own
 //! credentials, never the client's.
 
-use crate::policy::adapt;
 use crate::policy::config::{Format, Vendor};
+use crate::policy::journey::Journey;
 use crate::policy::plan::Candidate;
 use std::borrow::Cow;
 
 /// Request headers a client's credentials travel in; none reaches a vendor.
-pub const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+pub const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+];
 /// The `anthropic-version` sent when the client named none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Headers not copied between a vendor's answer, a callout and the client.
@@ -98,19 +104,14 @@ impl CalloutRequest {
     }
 }
 
-pub fn callout_request(
-    client: &[(String, Vec<u8>)],
-    body: &[u8],
-    format: Option<Format>,
-    vendor: &Vendor,
-    candidate: &Candidate,
-    cluster_header: &str,
-) -> CalloutRequest {
+pub fn callout_request(j: &Journey, vendor: &Vendor, candidate: &Candidate, cluster_header: &str) -> CalloutRequest {
+    let client = &j.headers;
     let value = |name: &str| client.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
-    let body = match &candidate.model {
-        Some(m) => adapt::with_model(body, m).unwrap_or_else(|| body.to_vec()),
-        None => body.to_vec(),
-    };
+    let rewritten = candidate
+        .model
+        .as_deref()
+        .and_then(|m| j.request.as_ref()?.with_model(&j.body, m));
+    let body = rewritten.unwrap_or_else(|| j.body.clone());
     let mut headers: Vec<(String, String)> = Vec::with_capacity(client.len() + 4);
     let path = candidate
         .path
@@ -134,7 +135,7 @@ pub fn callout_request(
             headers.push((name.clone(), v.to_string()));
         }
     }
-    for (name, value) in credentials(vendor, format, value("anthropic-version").is_some()) {
+    for (name, value) in credentials(vendor, j.format, value("anthropic-version").is_some()) {
         headers.push((name.to_string(), value));
     }
     CalloutRequest { headers, body }
@@ -250,14 +251,10 @@ mod tests {
     fn a_callout_carries_the_vendors_model_path_and_key_and_nothing_of_the_clients() {
         let c = config();
         let candidates = crate::policy::plan::plan(&c, Some(Format::OpenAi), Some("gpt")).unwrap();
-        let r = callout_request(
-            &client(),
-            br#"{"model":"gpt","messages":[]}"#,
-            Some(Format::OpenAi),
-            &c.vendors[VendorId(1)],
-            &candidates[1],
-            "x-llm-failover-cluster",
-        );
+        let mut j = Journey::new(1, 0, Some(Format::OpenAi), client(), &c);
+        j.body = br#"{"model":"gpt","messages":[]}"#.to_vec();
+        j.request = crate::policy::adapt::read_request(&j.body).ok();
+        let r = callout_request(&j, &c.vendors[VendorId(1)], &candidates[1], "x-llm-failover-cluster");
         let get = |name: &str| r.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         assert_eq!(get(":path"), Some("/b/v1/chat/completions"));
         assert_eq!(get(":authority"), Some("api.b.com"));

@@ -84,6 +84,43 @@ pub fn model_not_served(format: Option<Format>, model: &str) -> Rejection {
     }
 }
 
+/// A request the filter will not forward, because it cannot read it (400).
+pub fn bad_request(format: Option<Format>, why: &str) -> Rejection {
+    let message = format!("llm-failover: {why}.");
+    let body = match format {
+        Some(Format::Anthropic) => {
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+        }
+        _ => {
+            json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": "invalid_request_body"}})
+        }
+    };
+    Rejection {
+        status: 400,
+        retry_after_s: 0,
+        body: body.to_string(),
+    }
+}
+
+/// A request whose body is larger than the filter reads, which a route
+/// group or a model map would have to change (413).
+pub fn too_large(format: Option<Format>, limit: u64) -> Rejection {
+    let message = format!(
+        "llm-failover: the request body is larger than {limit} bytes (rescue.max_body_bytes), so its model cannot be read for routing."
+    );
+    let body = match format {
+        Some(Format::Anthropic) => json!({"type": "error", "error": {"type": "request_too_large", "message": message}}),
+        _ => {
+            json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": "request_too_large"}})
+        }
+    };
+    Rejection {
+        status: 413,
+        retry_after_s: 0,
+        body: body.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

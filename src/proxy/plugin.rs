@@ -500,6 +500,12 @@ impl<H: Host> Plugin<H> {
         }
     }
 
+    /// Answers a held request with one of the filter's own refusals.
+    pub fn refuse(&self, j: &JourneyRef, r: reply::Rejection, details: &str) {
+        let headers: [(&str, &[u8]); 1] = [("content-type", b"application/json")];
+        self.send_own_reply(j, r.status, &headers, r.body.as_bytes(), details);
+    }
+
     /// The all-down policy for a request's first choice.
     pub fn all_down(&self) -> AllDown {
         self.config.all_down

@@ -43,14 +43,7 @@ pub fn next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) {
         let Some(v) = p.config.vendors.get(attempt.vendor) else {
             continue;
         };
-        let request = outbound::callout_request(
-            &jb.headers,
-            &jb.body,
-            jb.format,
-            v,
-            &candidate,
-            &p.config.cluster_header,
-        );
+        let request = outbound::callout_request(&jb, v, &candidate, &p.config.cluster_header);
         let timeout_ms = jb.flight.time_left(now_ms);
         match p
             .host

@@ -57,6 +57,8 @@ pub struct GlobalStats {
     pub body_too_large: u32,
     /// Requests for a model no vendor serves (answered 404).
     pub model_not_served: u32,
+    /// Request bodies the filter cannot read unambiguously (answered 400).
+    pub unreadable_bodies: u32,
 }
 
 fn define<H: Host>(host: &H, kind: MetricKind, name: &str) -> Result<u32, String> {
@@ -154,6 +156,7 @@ impl GlobalStats {
             first_token_timeouts: counter("first_token_timeouts")?,
             body_too_large: counter("body_too_large")?,
             model_not_served: counter("model_not_served")?,
+            unreadable_bodies: counter("unreadable_bodies")?,
         })
     }
 }

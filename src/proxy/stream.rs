@@ -90,6 +90,17 @@ impl<H: Host> Stream<H> {
         let intake = journey::intake(&arrival, p.config.rescue.max_body_bytes, bodies_wanted);
         if intake.too_large {
             p.add(p.stats.body_too_large, 1);
+            if !journey::unread_body_routable(&p.config) {
+                let r = reply::too_large(format, p.config.rescue.max_body_bytes);
+                let headers: [(&str, &[u8]); 1] = [("content-type", b"application/json")];
+                if let Err(e) = p
+                    .host
+                    .send_response(r.status, &headers, r.body.as_bytes(), "llm_failover_too_large")
+                {
+                    log::warn!("cannot refuse a request too large to read (host status {})", e.0);
+                }
+                return Action::Pause;
+            }
         }
         let mut journey = Journey::new(self.ctx, now_ms, format, headers, &p.config);
         // Route by the headers first: if the body never comes (Envoy without
@@ -154,10 +165,21 @@ impl<H: Host> Stream<H> {
         }
         match journey::body_step(body_size, end_of_stream, &p.config) {
             BodyStep::TooLarge => {
-                // Too large to hold: it goes as routed at its headers,
-                // untouched, without rescue.
                 p.add(p.stats.body_too_large, 1);
+                let format = j.borrow().format;
+                if !journey::unread_body_routable(&p.config) {
+                    let r = reply::too_large(format, p.config.rescue.max_body_bytes);
+                    p.refuse(&j, r, "llm_failover_too_large");
+                    return Action::Pause;
+                }
+                // Too large to hold: it goes as routed at its headers, with
+                // the vendor's key and never the client's, its body
+                // untouched, without rescue.
                 j.borrow_mut().stage = Stage::Passed;
+                let jb = j.borrow();
+                if let Some((vendor, candidate)) = &jb.at_headers {
+                    p.send_to(*vendor, candidate.as_ref(), jb.format, &jb.headers);
+                }
                 Action::Continue
             }
             BodyStep::Wait => Action::Pause,
@@ -174,24 +196,27 @@ impl<H: Host> Stream<H> {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let asked = adapt::read_request(&body);
-        let model = asked.as_ref().and_then(|a| a.model.clone());
-        let stream = asked.as_ref().is_some_and(|a| a.stream);
         let format = j.borrow().format;
+        let request = match adapt::read_request(&body) {
+            Ok(request) => request,
+            Err(why) => {
+                // Never forward a body whose model could be read two ways.
+                p.add(p.stats.unreadable_bodies, 1);
+                p.refuse(
+                    j,
+                    reply::bad_request(format, &why.message()),
+                    "llm_failover_unreadable_body",
+                );
+                return Action::Pause;
+            }
+        };
+        let stream = request.stream;
         let started = self.watch.start_ms.unwrap_or_default();
-        let candidates = match plan::plan(&p.config, format, model.as_deref()) {
+        let candidates = match plan::plan(&p.config, format, request.model.as_deref()) {
             Ok(candidates) => candidates,
             Err(Unserved::Model(m)) => {
                 p.add(p.stats.model_not_served, 1);
-                let r = reply::model_not_served(format, &m);
-                let headers: [(&str, &[u8]); 1] = [("content-type", b"application/json")];
-                p.send_own_reply(
-                    j,
-                    r.status,
-                    &headers,
-                    r.body.as_bytes(),
-                    "llm_failover_model_not_served",
-                );
+                p.refuse(j, reply::model_not_served(format, &m), "llm_failover_model_not_served");
                 return Action::Pause;
             }
         };
@@ -199,6 +224,7 @@ impl<H: Host> Stream<H> {
             let mut jb = j.borrow_mut();
             jb.flight = Flight::new(format, stream, candidates, started, &p.config.rescue);
             jb.body = body;
+            jb.request = Some(request);
         }
         let choice = {
             let jb = j.borrow();
@@ -213,7 +239,7 @@ impl<H: Host> Stream<H> {
                     let rewritten = candidate
                         .as_ref()
                         .and_then(|c| c.model.as_deref())
-                        .and_then(|m| adapt::with_model(&jb.body, m));
+                        .and_then(|m| jb.request.as_ref()?.with_model(&jb.body, m));
                     if let Some(new_body) = rewritten {
                         // Keep the length the router sends right.
                         if p.host.set_buffer(Buffer::RequestBody, 0, body_size, &new_body).is_ok() {

@@ -1,6 +1,7 @@
 //! The contexts driven through the fake host: at least one test per callback, as scenarios.
 
 mod answers;
+mod hostile;
 mod requests;
 mod rescues;
 mod workers;
