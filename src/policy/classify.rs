@@ -193,6 +193,8 @@ pub struct Observed {
     pub first_byte_ms: Option<u64>,
     /// The longest silence between two chunks of a streamed answer.
     pub max_gap_ms: Option<u64>,
+    /// The client never finished sending its request.
+    pub client_unfinished: bool,
 }
 
 /// Judges a finished request.
@@ -201,6 +203,11 @@ pub fn classify(seen: &Observed, failure_statuses: &StatusSet, slow: &SlowLimits
     let has = |bits: u64| seen.flags & bits != 0;
     if has(UPSTREAM_CONNECTION_FAILURE | DNS_RESOLUTION_FAILED) {
         return Outcome::Failure(Reason::ConnectFailure);
+    }
+    // A client that never finished sending its request ran into Envoy's
+    // timeouts itself: no vendor's doing.
+    if seen.client_unfinished && (has(STREAM_IDLE_TIMEOUT | UPSTREAM_REQUEST_TIMEOUT) || seen.status == Some(408)) {
+        return Outcome::Neutral(None);
     }
     if has(STREAM_IDLE_TIMEOUT) {
         // Silent before any answer is a timeout; silent mid-answer a stall.

@@ -49,16 +49,20 @@ impl Stage {
     /// callbacks then stay out of the way.
     pub fn aside(self) -> Option<Aside> {
         match self {
-            Stage::Replying => Some(Aside::LetBy),
+            // An answer while the request is still held is Envoy's own (a
+            // timeout): no vendor was asked.
+            Stage::Replying | Stage::Buffering { .. } => Some(Aside::LetBy),
             Stage::Rescuing => Some(Aside::Hold),
             _ => None,
         }
     }
 
-    /// Whether the request's attempts were recorded as they ended, so its
-    /// stream's end records nothing more.
-    pub fn recorded_already(self) -> bool {
-        matches!(self, Stage::Rescuing | Stage::Replying)
+    /// Whether the stream's end has an attempt to record: not when the
+    /// request never left the filter (still buffering: a client that never
+    /// finished its upload is no vendor's doing), nor when its attempts were
+    /// recorded as they ended (rescued, or answered by the filter).
+    pub fn records_at_end(self) -> bool {
+        !matches!(self, Stage::Buffering { .. } | Stage::Rescuing | Stage::Replying)
     }
 }
 
@@ -80,6 +84,8 @@ pub struct Journey {
     pub peek: Option<Scanner>,
     /// Bytes of the held stream already fed to `peek`.
     pub peek_fed: usize,
+    /// Body callbacks Envoy made for this request.
+    pub body_callbacks: u32,
 }
 
 pub type JourneyRef = Rc<RefCell<Journey>>;
@@ -104,6 +110,7 @@ impl Journey {
             at_headers: None,
             peek: None,
             peek_fed: 0,
+            body_callbacks: 0,
         }
     }
 
@@ -118,10 +125,32 @@ impl Journey {
             && self.flight.may_move(Move::Failure, now_ms)
     }
 
-    /// Held in its headers for longer than a body takes to arrive.
+    /// Held in its headers for longer than a body takes to arrive, without a
+    /// single body callback.
     pub fn body_overdue(&self, now_ms: u64) -> bool {
-        matches!(self.stage, Stage::Buffering { since_ms } if now_ms.saturating_sub(since_ms) >= BODY_WAIT_MS)
+        self.body_callbacks == 0
+            && matches!(self.stage, Stage::Buffering { since_ms } if now_ms.saturating_sub(since_ms) >= BODY_WAIT_MS)
     }
+}
+
+/// What this worker knows of whether Envoy hands the filter request bodies
+/// (`allow_on_headers_stop_iteration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyAccess {
+    Unknown,
+    /// A body callback came: bodies reach the filter.
+    Seen,
+    /// Body bytes arrived with no callback: they do not.
+    Missing,
+}
+
+/// Whether an overdue request (see `Journey::body_overdue`) proves that
+/// Envoy does not hand the filter bodies: Envoy counted body bytes for it
+/// (`bytes_received`), yet no body callback came. Nothing a client does can
+/// show this: a client that sends nothing has no bytes counted, and one that
+/// trickles gets a callback per chunk. Once a callback was seen, never.
+pub fn shows_no_body_access(access: BodyAccess, bytes_received: Option<u64>) -> bool {
+    access != BodyAccess::Seen && bytes_received.is_some_and(|n| n > 0)
 }
 
 /// What the filter knows of a request at its headers.
@@ -251,8 +280,12 @@ mod tests {
         assert_eq!(Stage::Replying.aside(), Some(Aside::LetBy));
         assert_eq!(Stage::Rescuing.aside(), Some(Aside::Hold));
         assert_eq!(Stage::Routed.aside(), None);
-        assert!(Stage::Rescuing.recorded_already());
-        assert!(!Stage::Passed.recorded_already());
+        assert!(!Stage::Rescuing.records_at_end());
+        assert!(
+            !Stage::Buffering { since_ms: 0 }.records_at_end(),
+            "nothing left the filter"
+        );
+        assert!(Stage::Passed.records_at_end());
     }
 
     #[test]
@@ -261,6 +294,13 @@ mod tests {
         let mut j = Journey::new(1, 1_000, Some(Format::OpenAi), vec![], &c);
         assert!(!j.body_overdue(1_999));
         assert!(j.body_overdue(2_000));
+        j.body_callbacks = 1;
+        assert!(!j.body_overdue(5_000), "a slow client is no evidence");
+        assert!(shows_no_body_access(BodyAccess::Unknown, Some(27)));
+        assert!(!shows_no_body_access(BodyAccess::Unknown, Some(0)), "nothing sent yet");
+        assert!(!shows_no_body_access(BodyAccess::Unknown, None));
+        assert!(!shows_no_body_access(BodyAccess::Seen, Some(27)));
+        j.body_callbacks = 0;
         j.stage = Stage::Routed;
         j.first_token_deadline = Some(1_500);
         j.flight = Flight::new(

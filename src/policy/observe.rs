@@ -13,6 +13,8 @@ pub struct Watch {
     pub complete: bool,
     /// When the request arrived.
     pub start_ms: Option<u64>,
+    /// The client sent its whole request.
+    pub request_complete: bool,
     first_byte_ms: Option<u64>,
     last_chunk_ms: Option<u64>,
     max_gap_ms: Option<u64>,
@@ -119,6 +121,7 @@ impl Watch {
             retry_after_ms: self.retry_after_ms,
             first_byte_ms: self.first_byte_ms,
             max_gap_ms: self.max_gap_ms,
+            client_unfinished: !self.request_complete,
         };
         (seen, kind)
     }

@@ -108,3 +108,5 @@ pub fn find<'a>(pairs: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> 
 /// Properties the filter reads.
 pub const RESPONSE_FLAGS: &[u8] = b"response\0flags";
 pub const RESPONSE_CODE: &[u8] = b"response\0code";
+/// Body bytes Envoy received for the request, plus its headers' bytes.
+pub const REQUEST_TOTAL_SIZE: &[u8] = b"request\0total_size";

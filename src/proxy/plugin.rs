@@ -6,7 +6,7 @@ use crate::policy::classify::{Outcome, Reason};
 use crate::policy::codec;
 use crate::policy::config::{AllDown, Config, Format, Table, UnitId, VendorId};
 use crate::policy::health::{PhaseKind, Rules, Transition, VendorState};
-use crate::policy::journey::{self, JourneyRef, Stage};
+use crate::policy::journey::{self, BodyAccess, JourneyRef, Stage};
 use crate::policy::notify;
 use crate::policy::plan::{Attempt, Candidate};
 use crate::policy::record::{self, Before, Recording};
@@ -47,8 +47,8 @@ pub struct Plugin<H: Host> {
     pub journeys: RefCell<HashMap<u32, JourneyRef>>,
     /// Rescue callouts in flight: token -> the context of their request.
     pub callouts: RefCell<HashMap<u32, u32>>,
-    /// Envoy does not give the filter request bodies (see `rescue::release_stuck`).
-    pub no_body_access: Cell<bool>,
+    /// Whether Envoy gives the filter request bodies (see `rescue::release_stuck`).
+    pub body_access: Cell<BodyAccess>,
     /// Whether any request needs its body read before routing.
     pub reads_bodies: bool,
 }
@@ -85,7 +85,7 @@ impl<H: Host> Plugin<H> {
             queue: Cell::new(None),
             journeys: RefCell::new(HashMap::new()),
             callouts: RefCell::new(HashMap::new()),
-            no_body_access: Cell::new(false),
+            body_access: Cell::new(BodyAccess::Unknown),
             config,
         })
     }

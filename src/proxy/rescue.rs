@@ -5,12 +5,12 @@ use crate::policy::choice::{Ask, Choice, Due};
 use crate::policy::classify::{Outcome, Reason};
 use crate::policy::config::AllDown;
 use crate::policy::health::Availability;
-use crate::policy::journey::{JourneyRef, Stage};
+use crate::policy::journey::{self, BodyAccess, JourneyRef, Stage};
 use crate::policy::outbound;
 use crate::policy::reply;
 use crate::policy::rescue::Move;
 use crate::policy::store;
-use crate::proxy::host::{find, Buffer, Host, Map};
+use crate::proxy::host::{find, Buffer, Host, Map, REQUEST_TOTAL_SIZE};
 use crate::proxy::plugin::Plugin;
 
 /// Moves a journey whose current attempt failed to the next candidate,
@@ -196,26 +196,46 @@ pub fn check_first_tokens<H: Host>(p: &Plugin<H>, now_ms: u64) {
     }
 }
 
-/// Requests held in their headers whose body never came: Envoy is not
-/// letting the filter read bodies (`allow_on_headers_stop_iteration` is
-/// off). Let them go as routed at their headers, and stop holding.
+/// Requests held in their headers with no body callback at all. If Envoy
+/// counted body bytes for one of them, it is not handing the filter bodies
+/// (`allow_on_headers_stop_iteration` is off): say so once, let every such
+/// request go as routed at its headers, and stop holding. A client that is
+/// merely slow, or sends nothing, proves nothing: its request stays held
+/// until it completes or Envoy's own timeouts end it.
 pub fn release_stuck<H: Host>(p: &Plugin<H>, now_ms: u64) {
-    let stuck: Vec<JourneyRef> = p
+    let overdue: Vec<JourneyRef> = p
         .journeys
         .borrow()
         .values()
         .filter(|j| j.borrow().body_overdue(now_ms))
         .cloned()
         .collect();
-    if !stuck.is_empty() && !p.no_body_access.get() {
-        p.no_body_access.set(true);
+    if overdue.is_empty() {
+        return;
+    }
+    if p.body_access.get() != BodyAccess::Missing {
+        let proven = overdue.iter().any(|j| {
+            let ctx = j.borrow().ctx;
+            let received = || -> Option<u64> {
+                p.host.set_effective_context(ctx).ok()?;
+                let total = p.host.property_u64(REQUEST_TOTAL_SIZE)?;
+                let headers = p.host.headers(Map::RequestHeaders).ok()?;
+                let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+                Some(total.saturating_sub(header_bytes as u64))
+            };
+            journey::shows_no_body_access(p.body_access.get(), received())
+        });
+        if !proven {
+            return;
+        }
+        p.body_access.set(BodyAccess::Missing);
         log::warn!(
             "request bodies are not reaching the filter: set allow_on_headers_stop_iteration: true in the wasm \
              filter's config to enable model-based routing, body rewriting and same-request failover; \
              until then requests are routed at their headers"
         );
     }
-    for j in stuck {
+    for j in overdue {
         let ctx = j.borrow().ctx;
         // Passed first: resuming may deliver the body at once.
         j.borrow_mut().stage = Stage::Passed;

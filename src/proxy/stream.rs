@@ -15,7 +15,7 @@ use crate::policy::answer::{self, AtHeaders, AtPeek, Head};
 use crate::policy::choice::{Ask, Choice};
 use crate::policy::classify::{self, Outcome};
 use crate::policy::config::Format;
-use crate::policy::journey::{self, Arrival, Aside, BodyStep, Journey, JourneyRef, Stage};
+use crate::policy::journey::{self, Arrival, Aside, BodyAccess, BodyStep, Journey, JourneyRef, Stage};
 use crate::policy::observe::Watch;
 use crate::policy::plan::{self, Attempt, Candidate, Unserved};
 use crate::policy::ratelimit;
@@ -75,6 +75,7 @@ impl<H: Host> Stream<H> {
         };
         let now_ms = p.now();
         self.watch = Watch::new(now_ms);
+        self.watch.request_complete = end_of_stream;
         // One host call for every header: the path names the API format,
         // and a rescue replays the rest.
         let headers = p.host.headers(Map::RequestHeaders).unwrap_or_default();
@@ -86,7 +87,7 @@ impl<H: Host> Stream<H> {
             declared_len,
             end_of_stream,
         };
-        let bodies_wanted = p.reads_bodies && !p.no_body_access.get();
+        let bodies_wanted = p.reads_bodies && p.body_access.get() != BodyAccess::Missing;
         let intake = journey::intake(&arrival, p.config.rescue.max_body_bytes, bodies_wanted);
         if intake.too_large {
             p.add(p.stats.body_too_large, 1);
@@ -157,12 +158,15 @@ impl<H: Host> Stream<H> {
     }
 
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.watch.request_complete |= end_of_stream;
         let (Some(p), Some(j)) = (self.plugin.clone(), self.journey.clone()) else {
             return Action::Continue;
         };
         if !matches!(j.borrow().stage, Stage::Buffering { .. }) {
             return Action::Continue;
         }
+        j.borrow_mut().body_callbacks += 1;
+        p.body_access.set(BodyAccess::Seen);
         match journey::body_step(body_size, end_of_stream, &p.config) {
             BodyStep::TooLarge => {
                 p.add(p.stats.body_too_large, 1);
@@ -471,7 +475,7 @@ impl<H: Host> Stream<H> {
             p.callouts.borrow_mut().retain(|_, c| *c != ctx);
         }
         // A rescued or refused request recorded its attempts as they ended.
-        if stage.is_some_and(Stage::recorded_already) {
+        if stage.is_some_and(|s| !s.records_at_end()) {
             return;
         }
         let Some(routed) = self.routed else {

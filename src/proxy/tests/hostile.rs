@@ -111,3 +111,55 @@ fn a_model_that_reads_two_ways_is_refused_in_the_clients_format() {
     assert_eq!(got.asked[0].body, br#"{"mod\u0065l":"grok-4","messages":[]}"#);
     assert_eq!(e.main.metric("llm_failover.unreadable_bodies"), 2);
 }
+
+/// Envoy's own 408 for a client that stopped sending: through the stream's
+/// encoders, then the stream's end.
+fn time_out(e: &mut FakeEnvoy, ctx: u32, stream: &mut crate::proxy::stream::Stream<crate::proxy::fake::FakeHost>) {
+    let host = e.workers[0].host.clone();
+    host.with_stream(ctx, |s| {
+        s.response_headers = vec![(":status".into(), b"408".to_vec())];
+        s.properties.insert(
+            b"response\0flags".to_vec(),
+            crate::policy::classify::flags::STREAM_IDLE_TIMEOUT
+                .to_le_bytes()
+                .to_vec(),
+        );
+    });
+    host.enter(ctx);
+    assert_eq!(stream.on_response_headers(1, true), proxy_wasm::types::Action::Continue);
+    stream.on_done();
+}
+
+#[test]
+fn an_upload_that_never_completes_is_the_clients_doing() {
+    let window = crate::policy::config::WindowSpec::DEFAULT;
+    let key = crate::policy::store::vendor_key("anthropic", window);
+    // Held for its body (rescue on), or routed at its headers (rescue off):
+    // either way the vendor is not charged when Envoy times the client out.
+    for (json, held) in [(three(""), true), (three(r#","rescue":{"max_attempts":1}"#), false)] {
+        let mut e = envoy(&json, 1);
+        e.set_now(1_000);
+        for ctx in 10..16 {
+            let request = Request::openai("m", false);
+            let host = e.workers[0].host.clone();
+            host.with_stream(ctx, |s| s.request_headers = request.headers.clone());
+            host.enter(ctx);
+            let mut s = e.workers[0].root.new_stream(ctx);
+            let action = s.on_request_headers(5, false);
+            assert_eq!(action == proxy_wasm::types::Action::Pause, held);
+            time_out(&mut e, ctx, &mut s);
+            if held {
+                let named = host
+                    .stream(ctx)
+                    .response_headers
+                    .iter()
+                    .any(|(n, _)| n == "x-llm-failover-vendor");
+                assert!(!named, "no vendor was asked");
+            }
+        }
+        assert_eq!(window_failures(&e, &key), 0, "held: {held}");
+        assert_eq!(e.main.metric("llm_failover.vendor.anthropic.failures"), 0);
+        let got = e.send(0, &Request::openai("m", false), &mut vendors(&[]));
+        assert_eq!(got.asked[0].cluster, "anthropic", "still in service");
+    }
+}

@@ -72,22 +72,75 @@ fn tick_refreshes_the_state_gauges() {
     assert!((3 * 192..3 * 192 + 300).contains(&shared), "{shared}");
 }
 
-#[test]
-fn tick_releases_requests_whose_body_never_came() {
-    let mut e = envoy(&three(""), 1);
-    e.set_now(1_000);
+/// Holds one request on worker 0 (its headers only) at `ctx`; `received`
+/// body bytes are what Envoy counted for it.
+fn hold(e: &mut FakeEnvoy, ctx: u32, received: u64) -> crate::proxy::stream::Stream<FakeHost> {
     let request = Request::openai("m", false);
     let host = e.workers[0].host.clone();
-    host.with_stream(50, |s| s.request_headers = request.headers.clone());
-    host.enter(50);
-    let mut s = e.workers[0].root.new_stream(50);
+    host.with_stream(ctx, |s| s.request_headers = request.headers.clone());
+    host.enter(ctx);
+    let mut s = e.workers[0].root.new_stream(ctx);
     assert_eq!(s.on_request_headers(5, false), proxy_wasm::types::Action::Pause);
+    host.with_stream(ctx, |s| {
+        let header_bytes: usize = s.request_headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let total = header_bytes as u64 + received;
+        s.properties
+            .insert(b"request\0total_size".to_vec(), total.to_le_bytes().to_vec());
+    });
+    s
+}
+
+#[test]
+fn tick_releases_held_requests_once_envoy_shows_it_keeps_bodies_from_the_filter() {
+    let mut e = envoy(&three(""), 1);
+    e.set_now(1_000);
+    let _silent = hold(&mut e, 50, 0);
+    let _sent = hold(&mut e, 51, 27);
+    e.set_now(1_999);
+    e.tick();
+    let host = e.workers[0].host.clone();
+    assert_eq!(host.stream(51).resumed, 0, "not yet overdue");
     e.set_now(2_000);
     e.tick();
+    // 27 body bytes arrived for one of them and no callback came: Envoy is
+    // not handing bodies to the filter; both go as routed at their headers.
+    assert_eq!(host.stream(51).resumed, 1);
     assert_eq!(host.stream(50).resumed, 1);
     assert!(capture::lines(log::Level::Warn)
         .iter()
         .any(|l| l.contains("request bodies are not reaching the filter")));
+    // From then on requests are routed at their headers, not held.
+    let got = e.send(0, &Request::openai("m", false), &mut vendors(&[]));
+    assert_eq!(got.status, 200);
+}
+
+#[test]
+fn tick_keeps_holding_a_slow_or_silent_client() {
+    let mut e = envoy(&three(""), 1);
+    e.set_now(1_000);
+    let _silent = hold(&mut e, 50, 0);
+    let mut trickling = hold(&mut e, 51, 3);
+    let host = e.workers[0].host.clone();
+    host.enter(51);
+    assert_eq!(trickling.on_request_body(3, false), proxy_wasm::types::Action::Pause);
+    e.set_now(60_000);
+    e.tick();
+    assert_eq!(host.stream(50).resumed, 0, "a client that sent nothing proves nothing");
+    assert_eq!(host.stream(51).resumed, 0, "a trickling client proves bodies arrive");
+    assert!(!capture::lines(log::Level::Warn)
+        .iter()
+        .any(|l| l.contains("not reaching the filter")));
+    // And body handling stays on: the next request is held and rewritten.
+    let got = e.send(
+        0,
+        &Request::openai("m", false),
+        &mut vendors(&[("anthropic", Answer::status(503))]),
+    );
+    assert_eq!(
+        got.header("x-llm-failover-attempts"),
+        Some("2"),
+        "rescued: bodies still read"
+    );
 }
 
 #[test]
