@@ -86,6 +86,12 @@ pub fn at_headers(
     AtHeaders::Pass
 }
 
+/// How much of a held answer the filter keeps to judge it: a first event,
+/// or a context-overflow error, is far smaller. Past it the answer goes on
+/// unjudged rather than fill Envoy's buffer (which would turn it into a bare
+/// 500).
+pub const HELD_BYTES_CAP: usize = 64 * 1024;
+
 /// What a held stream's bytes so far say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AtPeek {
@@ -97,9 +103,9 @@ pub enum AtPeek {
     Release,
 }
 
-/// Judges a held stream after `scanner` read what has arrived; `ending` is
-/// set when the stream ended.
-pub fn at_peek(scanner: &Scanner, ending: Option<&Ending>, end_of_stream: bool, may_move: bool) -> AtPeek {
+/// Judges a held stream after `scanner` read the `held` bytes that have
+/// arrived; `ending` is set when the stream ended.
+pub fn at_peek(scanner: &Scanner, ending: Option<&Ending>, end_of_stream: bool, may_move: bool, held: usize) -> AtPeek {
     let events = scanner.events();
     if let Some(e) = scanner.error() {
         if may_move {
@@ -113,16 +119,34 @@ pub fn at_peek(scanner: &Scanner, ending: Option<&Ending>, end_of_stream: bool, 
             outcome: Outcome::Failure(Reason::Truncated),
             kind: None,
         };
-    } else if events == 0 && !end_of_stream {
+    } else if events == 0 && !end_of_stream && held <= HELD_BYTES_CAP {
         return AtPeek::Wait;
     }
     AtPeek::Release
 }
 
-/// A held 400's whole body: `Some` (the outcome to record) when it says
-/// the context window overflowed and the request should move.
-pub fn at_inspect(body: &[u8]) -> Option<Outcome> {
-    adapt::is_context_overflow(400, body).then_some(Outcome::Neutral(Some(400)))
+/// What a held 400's body says so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtInspect {
+    /// Not all here yet: keep holding.
+    Wait,
+    /// The context window overflowed: move the request (the outcome is the
+    /// client's doing, neutral).
+    Rescue(Outcome),
+    /// Any other 400 (or one too long to be an overflow error): let it go.
+    Release,
+}
+
+pub fn at_inspect(body: &[u8], end_of_stream: bool) -> AtInspect {
+    if body.len() > HELD_BYTES_CAP {
+        AtInspect::Release
+    } else if !end_of_stream {
+        AtInspect::Wait
+    } else if adapt::is_context_overflow(400, body) {
+        AtInspect::Rescue(Outcome::Neutral(Some(400)))
+    } else {
+        AtInspect::Release
+    }
 }
 
 /// A rescue callout's whole answer, judged.
@@ -135,11 +159,12 @@ pub struct Judged {
     pub overflow: bool,
 }
 
-/// What a callout answered: no status means it timed out or its connection failed.
+/// What a callout answered: no status means it timed out or its connection
+/// failed; no body, that it was too large to read (judged by its status).
 pub struct CalloutAnswer<'a> {
     pub status: Option<u16>,
     pub headers: &'a [(String, Vec<u8>)],
-    pub body: &'a [u8],
+    pub body: Option<&'a [u8]>,
 }
 
 pub fn judge_callout(
@@ -157,9 +182,10 @@ pub fn judge_callout(
             .map(|(_, v)| v.as_slice())
     };
     let sse_answer = get("content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream"));
-    let stream = (sse_answer && answer.status.is_some_and(|s| s < 300)).then(|| {
+    let body = answer.body.unwrap_or_default();
+    let stream = (sse_answer && answer.status.is_some_and(|s| s < 300) && answer.body.is_some()).then(|| {
         let mut sc = Scanner::with_dialect(format.map(sse::dialect_of));
-        sc.feed(answer.body);
+        sc.feed(body);
         sc.finish()
     });
     let stream_error = match &stream {
@@ -192,7 +218,7 @@ pub fn judge_callout(
     Judged {
         outcome,
         stream_error,
-        overflow: answer.status == Some(400) && adapt::is_context_overflow(400, answer.body),
+        overflow: answer.status == Some(400) && adapt::is_context_overflow(400, body),
     }
 }
 
@@ -349,11 +375,16 @@ mod tests {
             at_headers(&head(400), &plain, &config(), &mut || 0, &mut || 1),
             AtHeaders::Pass
         );
+        let overflow = br#"{"error":{"code":"context_length_exceeded"}}"#;
         assert_eq!(
-            at_inspect(br#"{"error":{"code":"context_length_exceeded"}}"#),
-            Some(Outcome::Neutral(Some(400)))
+            at_inspect(overflow, true),
+            AtInspect::Rescue(Outcome::Neutral(Some(400)))
         );
-        assert_eq!(at_inspect(br#"{"error":{"code":"content_policy_violation"}}"#), None);
+        assert_eq!(at_inspect(overflow, false), AtInspect::Wait);
+        let policy = br#"{"error":{"code":"content_policy_violation"}}"#;
+        assert_eq!(at_inspect(policy, true), AtInspect::Release);
+        let long = vec![b' '; HELD_BYTES_CAP + 1];
+        assert_eq!(at_inspect(&long, false), AtInspect::Release, "too long to hold");
     }
 
     #[test]
@@ -382,19 +413,19 @@ mod tests {
     #[test]
     fn peeking_decides_on_the_first_event() {
         let mut sc = Scanner::with_dialect(Some(&sse::ANTHROPIC));
-        assert_eq!(at_peek(&sc, None, false, true), AtPeek::Wait);
+        assert_eq!(at_peek(&sc, None, false, true, 100), AtPeek::Wait);
         sc.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n");
         assert_eq!(
-            at_peek(&sc, None, false, true),
+            at_peek(&sc, None, false, true, 100),
             AtPeek::Rescue {
                 outcome: Outcome::Failure(Reason::StreamError),
                 kind: Some("overloaded_error".into())
             }
         );
-        assert_eq!(at_peek(&sc, None, false, false), AtPeek::Release, "cannot move");
+        assert_eq!(at_peek(&sc, None, false, false, 100), AtPeek::Release, "cannot move");
         let empty = Scanner::with_dialect(Some(&sse::ANTHROPIC));
         assert!(matches!(
-            at_peek(&empty, Some(&Ending::Truncated), true, true),
+            at_peek(&empty, Some(&Ending::Truncated), true, true, 100),
             AtPeek::Rescue {
                 outcome: Outcome::Failure(Reason::Truncated),
                 ..
@@ -402,7 +433,10 @@ mod tests {
         ));
         let mut ok = Scanner::with_dialect(Some(&sse::ANTHROPIC));
         ok.feed(b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n");
-        assert_eq!(at_peek(&ok, None, false, true), AtPeek::Release);
+        assert_eq!(at_peek(&ok, None, false, true, 100), AtPeek::Release);
+        // A first event past the cap is not waited for.
+        let huge = Scanner::with_dialect(Some(&sse::ANTHROPIC));
+        assert_eq!(at_peek(&huge, None, false, true, HELD_BYTES_CAP + 1), AtPeek::Release);
     }
 
     #[test]
@@ -412,7 +446,7 @@ mod tests {
         let ok = CalloutAnswer {
             status: Some(200),
             headers: &[("content-type".into(), b"application/json".to_vec())],
-            body: b"{}",
+            body: Some(b"{}"),
         };
         let j = judge_callout(&ok, Some(Format::OpenAi), 100, 10, &c);
         assert_eq!(j.outcome, Outcome::Success);
@@ -420,14 +454,14 @@ mod tests {
         let failed = CalloutAnswer {
             status: Some(529),
             headers: &[],
-            body: b"",
+            body: Some(b""),
         };
         let j = judge_callout(&failed, Some(Format::OpenAi), 100, 10, &c);
         assert_eq!(after_callout(&j, Some(529), &f, 10), AfterCallout::Move(Move::Failure));
         let silent = CalloutAnswer {
             status: None,
             headers: &[],
-            body: b"",
+            body: Some(b""),
         };
         assert_eq!(
             judge_callout(&silent, None, 100, 100, &c).outcome,
@@ -438,7 +472,7 @@ mod tests {
         let stream = CalloutAnswer {
             status: Some(200),
             headers: &[("content-type".into(), b"text/event-stream".to_vec())],
-            body: b"data: {\"error\":{\"type\":\"server_error\"}}\n\n",
+            body: Some(b"data: {\"error\":{\"type\":\"server_error\"}}\n\n"),
         };
         let j = judge_callout(&stream, Some(Format::OpenAi), 100, 10, &c);
         assert_eq!(j.outcome, Outcome::Failure(Reason::StreamError));

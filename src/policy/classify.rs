@@ -55,6 +55,26 @@ pub mod flags {
     pub const DOWNSTREAM_REMOTE_RESET: u64 = 0x1000_0000;
 }
 
+/// Whether Envoy's response flags say the vendor gave no proper answer, so
+/// the answer the client would get is Envoy's own (plain text) reply.
+pub fn envoy_answered(flag_bits: u64) -> bool {
+    use flags::*;
+    flag_bits
+        & (UPSTREAM_CONNECTION_FAILURE
+            | DNS_RESOLUTION_FAILED
+            | STREAM_IDLE_TIMEOUT
+            | UPSTREAM_REQUEST_TIMEOUT
+            | UPSTREAM_MAX_STREAM_DURATION
+            | UPSTREAM_REMOTE_RESET
+            | UPSTREAM_CONNECTION_TERMINATION
+            | UPSTREAM_PROTOCOL_ERROR
+            | NO_HEALTHY_UPSTREAM
+            | UPSTREAM_OVERFLOW
+            | NO_CLUSTER_FOUND
+            | LOCAL_RESET)
+        != 0
+}
+
 /// Why a request counted as a vendor failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {

@@ -141,6 +141,21 @@ pub fn callout_request(j: &Journey, vendor: &Vendor, candidate: &Candidate, clus
     CalloutRequest { headers, body }
 }
 
+/// The response headers the filter owns, which a vendor's answer must not
+/// bring: the vendor header and the accounting headers.
+fn owned(name: &str, vendor_header: Option<&str>) -> bool {
+    name == ATTEMPTS_HEADER || name == TRIED_HEADER || Some(name) == vendor_header
+}
+
+/// The filter's own header names a vendor's answer carries: they are
+/// dropped (a vendor must not speak for the filter).
+pub fn forged<'a>(answer: &'a [(String, Vec<u8>)], vendor_header: Option<&'a str>) -> impl Iterator<Item = &'a str> {
+    answer
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(move |n| owned(n, vendor_header))
+}
+
 /// The headers of a rescued answer as the client gets them: the vendor's
 /// own, less pseudo, hop-by-hop and Envoy-internal ones, plus who answered,
 /// after how many attempts, and who was tried.
@@ -153,7 +168,12 @@ pub fn delivered_headers<'a>(
 ) -> Vec<(&'a str, &'a [u8])> {
     let mut out: Vec<(&str, &[u8])> = answer
         .iter()
-        .filter(|(n, _)| !n.starts_with(':') && !HOP_BY_HOP.contains(&n.as_str()) && !n.starts_with("x-envoy-"))
+        .filter(|(n, _)| {
+            !n.starts_with(':')
+                && !HOP_BY_HOP.contains(&n.as_str())
+                && !n.starts_with("x-envoy-")
+                && !owned(n, vendor_header)
+        })
         .map(|(n, v)| (n.as_str(), v.as_slice()))
         .collect();
     if let Some(h) = vendor_header {
@@ -269,10 +289,16 @@ mod tests {
 
     #[test]
     fn delivered_answers_drop_transport_headers_and_say_who_answered() {
-        let answer: Vec<(String, Vec<u8>)> = [(":status", "200"), ("content-length", "5"), ("x-request-id", "r")]
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect();
+        let answer: Vec<(String, Vec<u8>)> = [
+            (":status", "200"),
+            ("content-length", "5"),
+            ("x-request-id", "r"),
+            ("x-llm-failover-attempts", "99"),
+            ("x-llm-failover-vendor", "evil"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
         let h = delivered_headers(&answer, Some("x-llm-failover-vendor"), "b", "2", "a,b");
         let names: Vec<&str> = h.iter().map(|(n, _)| *n).collect();
         assert_eq!(

@@ -31,10 +31,15 @@ pub fn unavailable(format: Option<Format>, config: &Config, due: &[Due], now_ms:
         .collect();
     let retry_after_s = vendors.iter().map(|v| v.1).min().unwrap_or(1);
     let listed: Vec<String> = vendors.iter().map(|(name, s)| format!("{name} in {s}s")).collect();
-    let mut message = format!(
-        "Every LLM vendor is temporarily unavailable; due back: {}. Retry after {retry_after_s}s.",
-        listed.join(", ")
-    );
+    let mut message = if listed.is_empty() {
+        // Nothing is ejected: the vendors tried each failed this request.
+        format!("No vendor could serve this request. Retry after {retry_after_s}s.")
+    } else {
+        format!(
+            "Every LLM vendor is temporarily unavailable; due back: {}. Retry after {retry_after_s}s.",
+            listed.join(", ")
+        )
+    };
     let tried: Vec<&str> = tried
         .iter()
         .filter_map(|&v| config.vendors.get(v).map(|x| x.name.as_str()))
@@ -79,6 +84,40 @@ pub fn model_not_served(format: Option<Format>, model: &str) -> Rejection {
     };
     Rejection {
         status: 404,
+        retry_after_s: 0,
+        body: body.to_string(),
+    }
+}
+
+/// Envoy's own reply for a vendor that gave no proper answer (a reset, a
+/// refused connection, a timeout), said again in the client's API format
+/// with the same status.
+pub fn vendor_failed(format: Option<Format>, status: u32, vendor: &str, reason: &str) -> Rejection {
+    let message = format!("llm-failover: vendor {vendor} gave no answer ({reason}).");
+    let body = match format {
+        Some(Format::Anthropic) => json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+        _ => {
+            json!({"error": {"message": message, "type": "server_error", "param": null, "code": format!("upstream_{reason}")}})
+        }
+    };
+    Rejection {
+        status,
+        retry_after_s: 0,
+        body: body.to_string(),
+    }
+}
+
+/// A rescue's answer larger than the filter holds (502).
+pub fn answer_too_large(format: Option<Format>, vendor: &str, limit: u64) -> Rejection {
+    let message = format!(
+        "llm-failover: vendor {vendor} answered, but its answer is larger than {limit} bytes (rescue.max_answer_bytes) and cannot be relayed."
+    );
+    let body = match format {
+        Some(Format::Anthropic) => json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+        _ => json!({"error": {"message": message, "type": "server_error", "param": null, "code": "answer_too_large"}}),
+    };
+    Rejection {
+        status: 502,
         retry_after_s: 0,
         body: body.to_string(),
     }
@@ -184,6 +223,19 @@ mod tests {
         assert!(model_not_served(Some(Format::Anthropic), "x")
             .body
             .contains("not_found_error"));
+    }
+
+    #[test]
+    fn with_nothing_ejected_it_lists_no_vendors_due_back() {
+        let config = Config::parse(br#"{"vendors":[{"name":"a"},{"name":"b"}]}"#).unwrap();
+        let r = unavailable(None, &config, &[], 0, &[VendorId(0), VendorId(1)]);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert_eq!(
+            msg,
+            "Tried a, b without success. No vendor could serve this request. Retry after 1s."
+        );
+        assert!(!msg.contains("due back"));
     }
 
     #[test]

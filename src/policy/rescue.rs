@@ -6,7 +6,7 @@
 //! callout, as many times as `rescue.max_attempts` and `rescue.deadline`
 //! allow; the client then receives the first answer that is not a failure.
 
-use crate::policy::classify::Outcome;
+use crate::policy::classify::{Outcome, Reason};
 use crate::policy::config::{Format, Rescue, UnitId, VendorId};
 use crate::policy::plan::{Attempt, Candidate};
 use std::num::NonZeroU32;
@@ -29,6 +29,14 @@ pub fn moves(outcome: &Outcome) -> Option<Move> {
     }
 }
 
+/// A rescue attempt's failure not yet charged to its vendor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub attempt: Attempt,
+    pub outcome: Outcome,
+    pub stream_error: Option<String>,
+}
+
 /// A request's journey across vendors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flight {
@@ -39,6 +47,9 @@ pub struct Flight {
     pub attempts: Vec<Attempt>,
     pub deadline_ms: u64,
     pub max_attempts: NonZeroU32,
+    /// Rescue attempts' failures that could be this request's own doing,
+    /// charged only once another vendor served it (see `defers`).
+    pub pending: Vec<Pending>,
 }
 
 impl Flight {
@@ -50,6 +61,7 @@ impl Flight {
             attempts: Vec::new(),
             deadline_ms: started_ms.saturating_add(rescue.deadline_ms),
             max_attempts: rescue.max_attempts,
+            pending: Vec::new(),
         }
     }
 
@@ -112,6 +124,46 @@ impl Flight {
         self.deadline_ms.saturating_sub(now_ms)
     }
 
+    /// Whether the current attempt's outcome waits until the journey ends
+    /// before it is charged. A request that fails on every vendor it is
+    /// tried on is more likely bad than every vendor broken: only its first
+    /// attempt's failure counts then, so one request cannot eject every
+    /// vendor, while a vendor that fails everything is still ejected once it
+    /// takes first attempts. Failures no request can cause (connect
+    /// failures, a full circuit breaker, a refused key) count at once, as do
+    /// rate limits.
+    pub fn defers(&self, outcome: &Outcome) -> bool {
+        self.attempts.len() > 1
+            && matches!(
+                outcome,
+                Outcome::Failure(
+                    Reason::Status(_)
+                        | Reason::Reset
+                        | Reason::Timeout
+                        | Reason::Stalled
+                        | Reason::StreamError
+                        | Reason::Truncated
+                )
+            )
+    }
+
+    /// The journey ended: its pending failures, charged as they were if
+    /// another vendor `served` the request, neutral if none did.
+    pub fn settle(&mut self, served: bool) -> Vec<Pending> {
+        let mut pending = std::mem::take(&mut self.pending);
+        if !served {
+            for p in &mut pending {
+                p.outcome = Outcome::Neutral(None);
+            }
+        }
+        pending
+    }
+
+    /// Every attempt failed, on at least two vendors.
+    pub fn failed_everywhere(&self) -> bool {
+        self.attempts.len() > 1
+    }
+
     /// Vendor indices in the order they were tried.
     pub fn tried_vendors(&self) -> Vec<VendorId> {
         self.attempts.iter().map(|a| a.vendor).collect()
@@ -152,6 +204,7 @@ mod tests {
             deadline_ms: 10_000,
             max_body_bytes: 1_000,
             first_token_ms: None,
+            max_answer_bytes: 1 << 20,
         };
         Flight::new(Some(Format::OpenAi), false, plan, 1_000, &rescue)
     }
@@ -209,6 +262,35 @@ mod tests {
         f.start(attempt(0));
         assert!(!f.may_move(Move::ContextOverflow, 1_000));
         assert!(f.may_move(Move::Failure, 1_000));
+    }
+
+    #[test]
+    fn a_rescue_failure_the_request_may_have_caused_waits_for_the_journeys_end() {
+        let mut f = flight(&[None, None, None]);
+        f.start(attempt(0));
+        let reset = Outcome::Failure(Reason::Reset);
+        assert!(!f.defers(&reset), "the first attempt counts at once");
+        f.start(attempt(1));
+        assert!(f.defers(&reset));
+        assert!(f.defers(&Outcome::Failure(Reason::Status(500))));
+        assert!(
+            !f.defers(&Outcome::Failure(Reason::ConnectFailure)),
+            "no request causes that"
+        );
+        assert!(!f.defers(&Outcome::RateLimited(None)));
+        f.pending.push(Pending {
+            attempt: attempt(1),
+            outcome: reset,
+            stream_error: None,
+        });
+        let kept = f.clone().settle(true);
+        assert_eq!(kept[0].outcome, reset, "another vendor served it: charged");
+        let discounted = f.settle(false);
+        assert_eq!(
+            discounted[0].outcome,
+            Outcome::Neutral(None),
+            "failed everywhere: not charged"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::policy::health::Availability;
 use crate::policy::journey::{self, BodyAccess, JourneyRef, Stage};
 use crate::policy::outbound;
 use crate::policy::reply;
-use crate::policy::rescue::Move;
+use crate::policy::rescue::{Move, Pending};
 use crate::policy::store;
 use crate::proxy::host::{find, Buffer, Host, Map, REQUEST_TOTAL_SIZE};
 use crate::proxy::plugin::Plugin;
@@ -83,17 +83,22 @@ pub fn on_callout<H: Host>(p: &Plugin<H>, token: u32, num_headers: usize, body_s
     } else {
         Vec::new()
     };
-    let body = p
-        .host
-        .buffer(Buffer::CalloutBody, body_size)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    // The whole answer would sit in the VM, whose memory never shrinks.
+    let too_large = body_size as u64 > p.config.rescue.max_answer_bytes;
+    let body = if too_large {
+        Vec::new()
+    } else {
+        p.host
+            .buffer(Buffer::CalloutBody, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
     let status: Option<u16> = find(&headers, ":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
     let seen = CalloutAnswer {
         status,
         headers: &headers,
-        body: &body,
+        body: (!too_large).then_some(body.as_slice()),
     };
     let (judged, attempt) = {
         let jb = j.borrow();
@@ -103,12 +108,31 @@ pub fn on_callout<H: Host>(p: &Plugin<H>, token: u32, num_headers: usize, body_s
     let Some(attempt) = attempt else {
         return;
     };
-    p.record(&attempt, judged.outcome, judged.stream_error.as_deref(), now_ms);
+    let defers = j.borrow().flight.defers(&judged.outcome);
+    if defers {
+        j.borrow_mut().flight.pending.push(Pending {
+            attempt,
+            outcome: judged.outcome,
+            stream_error: judged.stream_error.clone(),
+        });
+    } else {
+        p.record(&attempt, judged.outcome, judged.stream_error.as_deref(), now_ms);
+    }
     let after = answer::after_callout(&judged, status, &j.borrow().flight, now_ms);
     match after {
         AfterCallout::Move(why) => next(p, &j, why, now_ms),
         AfterCallout::GiveUp => give_up(p, &j, now_ms),
-        AfterCallout::Deliver(s) => deliver(p, &j, s, &headers, &body),
+        AfterCallout::Deliver(_) if too_large => {
+            settle(p, &j, true, now_ms);
+            let format = j.borrow().format;
+            let limit = p.config.rescue.max_answer_bytes;
+            let r = reply::answer_too_large(format, p.vendor_name(attempt.vendor), limit);
+            p.refuse(&j, r, "llm_failover_answer_too_large");
+        }
+        AfterCallout::Deliver(s) => {
+            settle(p, &j, true, now_ms);
+            deliver(p, &j, s, &headers, &body);
+        }
     }
 }
 
@@ -131,8 +155,26 @@ fn deliver<H: Host>(p: &Plugin<H>, j: &JourneyRef, status: u16, headers: &[(Stri
     }
 }
 
+/// Charges the journey's pending failures as it ends: as they were if a
+/// vendor `served` the request, as neutral if none did (see
+/// `Flight::defers`).
+pub fn settle<H: Host>(p: &Plugin<H>, j: &JourneyRef, served: bool, now_ms: u64) {
+    let (pending, everywhere) = {
+        let mut jb = j.borrow_mut();
+        let everywhere = !served && jb.flight.failed_everywhere();
+        (jb.flight.settle(served), everywhere)
+    };
+    for x in pending {
+        p.record(&x.attempt, x.outcome, x.stream_error.as_deref(), now_ms);
+    }
+    if everywhere {
+        p.add(p.stats.failed_everywhere, 1);
+    }
+}
+
 /// Answers 503 in the client's format: every candidate failed or is out.
 pub fn give_up<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) {
+    settle(p, j, false, now_ms);
     let (format, units, tried) = {
         let jb = j.borrow();
         let units: Vec<_> = jb.flight.plan.iter().map(|c| (c.unit, c.vendor)).collect();

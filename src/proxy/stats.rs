@@ -51,6 +51,9 @@ pub struct GlobalStats {
     pub rescue_attempts: u32,
     /// Requests answered 503 because no vendor was left to try.
     pub rescues_failed: u32,
+    /// Of those, requests that failed on every vendor tried (two or more):
+    /// only their first attempt's failure was charged.
+    pub failed_everywhere: u32,
     /// Streams abandoned for missing the time-to-first-token limit.
     pub first_token_timeouts: u32,
     /// Request bodies too large to hold: passed through without rescue.
@@ -153,6 +156,7 @@ impl GlobalStats {
             rescued: counter("rescued")?,
             rescue_attempts: counter("rescue_attempts")?,
             rescues_failed: counter("rescues_failed")?,
+            failed_everywhere: counter("failed_everywhere")?,
             first_token_timeouts: counter("first_token_timeouts")?,
             body_too_large: counter("body_too_large")?,
             model_not_served: counter("model_not_served")?,

@@ -11,12 +11,13 @@
 //! outcome.
 
 use crate::policy::adapt;
-use crate::policy::answer::{self, AtHeaders, AtPeek, Head};
+use crate::policy::answer::{self, AtHeaders, AtInspect, AtPeek, Head};
 use crate::policy::choice::{Ask, Choice};
-use crate::policy::classify::{self, Outcome};
+use crate::policy::classify::{self, Observed, Outcome};
 use crate::policy::config::Format;
 use crate::policy::journey::{self, Arrival, Aside, BodyAccess, BodyStep, Journey, JourneyRef, Stage};
 use crate::policy::observe::Watch;
+use crate::policy::outbound;
 use crate::policy::plan::{self, Attempt, Candidate, Unserved};
 use crate::policy::ratelimit;
 use crate::policy::reply;
@@ -37,6 +38,11 @@ pub struct Stream<H: Host> {
     /// Set for requests in a known API format that may be adapted and rescued.
     journey: Option<JourneyRef>,
     watch: Watch,
+    /// The API format the request's path speaks, if any.
+    format: Option<Format>,
+    /// Envoy's own reply for a failed vendor, said again in the client's
+    /// format: the body that replaces Envoy's text.
+    retold: Option<Vec<u8>>,
 }
 
 impl<H: Host> Stream<H> {
@@ -47,6 +53,8 @@ impl<H: Host> Stream<H> {
             routed: None,
             journey: None,
             watch: Watch::default(),
+            format: None,
+            retold: None,
         }
     }
 
@@ -80,6 +88,7 @@ impl<H: Host> Stream<H> {
         // and a rescue replays the rest.
         let headers = p.host.headers(Map::RequestHeaders).unwrap_or_default();
         let format = find(&headers, ":path").and_then(Format::of_path);
+        self.format = format;
         let declared_len =
             find(&headers, "content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
         let arrival = Arrival {
@@ -293,11 +302,27 @@ impl<H: Host> Stream<H> {
         let status: Option<u16> = find(&headers, ":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
         let sse = find(&headers, "content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream"));
         self.watch.status = status;
+        // A vendor must not speak for the filter.
+        for name in outbound::forged(&headers, p.config.vendor_header.as_deref()) {
+            let _ = p.host.remove_header(Map::ResponseHeaders, name);
+        }
+        let stream_2xx = status.is_some_and(|s| (200..300).contains(&s)) && sse;
+        // The filter may append an error event to a cut stream: a declared
+        // length would then be wrong.
+        if stream_2xx && find(&headers, "content-length").is_some() {
+            let _ = p.host.remove_header(Map::ResponseHeaders, "content-length");
+        }
         if status == Some(429) {
             let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
             self.watch.retry_after_ms = ratelimit::retry_after_ms(&pairs, p.now());
         }
-        if let (Some(Stage::Routed), Some(j)) = (self.stage(), self.journey.clone()) {
+        let flags = std::cell::OnceCell::new();
+        let read_flags = || *flags.get_or_init(|| p.host.property_u64(RESPONSE_FLAGS).unwrap_or(0));
+        // The first attempt's answer, before any byte of it reached the
+        // client. A second one while the first is held (peeked at or
+        // inspected) is Envoy's own reply: the held attempt broke.
+        let held = matches!(self.stage(), Some(Stage::Routed | Stage::Peeking | Stage::Inspecting));
+        if let (true, Some(j)) = (held, self.journey.clone()) {
             let head = Head {
                 status,
                 sse,
@@ -306,8 +331,7 @@ impl<H: Host> Stream<H> {
             };
             let decision = {
                 let jb = j.borrow();
-                let mut flags = || p.host.property_u64(RESPONSE_FLAGS).unwrap_or(0);
-                answer::at_headers(&head, &jb.flight, &p.config, &mut flags, &mut || p.now())
+                answer::at_headers(&head, &jb.flight, &p.config, &mut || read_flags(), &mut || p.now())
             };
             match decision {
                 AtHeaders::Rescue { outcome, why, now_ms } => {
@@ -326,13 +350,37 @@ impl<H: Host> Stream<H> {
                 AtHeaders::Pass => self.set_stage(Stage::Passed),
             }
         }
-        if status.is_some_and(|s| (200..300).contains(&s)) && sse {
+        if stream_2xx {
             self.watch.scanner = Some(Scanner::new());
-            // The filter may append an error event to a cut stream: a
-            // declared length would then be wrong.
-            if find(&headers, "content-length").is_some() {
-                let _ = p.host.remove_header(Map::ResponseHeaders, "content-length");
-            }
+        }
+        // Envoy's own plain-text reply for a vendor that gave no answer is
+        // said again in the client's API format.
+        let format = self.format;
+        if format.is_some()
+            && !end_of_stream
+            && status.is_some_and(|s| s >= 500)
+            && classify::envoy_answered(read_flags())
+        {
+            let seen = Observed {
+                status,
+                flags: read_flags(),
+                ..Observed::default()
+            };
+            let reason = match classify::classify(&seen, &p.config.failure_statuses, &p.config.slow) {
+                Outcome::Failure(r) => r.name(),
+                _ => "reset",
+            };
+            let r = reply::vendor_failed(
+                format,
+                u32::from(status.unwrap_or(503)),
+                p.vendor_name(routed.vendor),
+                reason,
+            );
+            let _ = p
+                .host
+                .set_header(Map::ResponseHeaders, "content-type", b"application/json");
+            let _ = p.host.remove_header(Map::ResponseHeaders, "content-length");
+            self.retold = Some(r.body.into_bytes());
         }
         if end_of_stream {
             self.watch.first_byte(p.now());
@@ -353,29 +401,45 @@ impl<H: Host> Stream<H> {
         let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
             return Action::Continue;
         };
-        if let Some(action) = self.aside() {
-            return action;
-        }
         match self.stage() {
+            Some(Stage::Rescuing) => {
+                // The failed answer is never sent: keep none of it, so a
+                // large one cannot fill Envoy's buffer.
+                let _ = p.host.set_buffer(Buffer::ResponseBody, 0, body_size, &[]);
+                return Action::Pause;
+            }
             Some(Stage::Inspecting) => {
-                if !end_of_stream {
-                    return Action::Pause;
-                }
                 let body = p
                     .host
                     .buffer(Buffer::ResponseBody, body_size)
                     .ok()
                     .flatten()
                     .unwrap_or_default();
-                if let Some(outcome) = answer::at_inspect(&body) {
-                    let now_ms = p.now();
-                    return self.start_rescue(&p, outcome, Move::ContextOverflow, None, now_ms);
+                match answer::at_inspect(&body, end_of_stream) {
+                    AtInspect::Wait => return Action::Pause,
+                    AtInspect::Rescue(outcome) => {
+                        let now_ms = p.now();
+                        return self.start_rescue(&p, outcome, Move::ContextOverflow, None, now_ms);
+                    }
+                    AtInspect::Release => {
+                        self.set_stage(Stage::Passed);
+                        return self.name_vendor(&p, routed);
+                    }
                 }
-                self.set_stage(Stage::Passed);
-                return self.name_vendor(&p, routed);
             }
             Some(Stage::Peeking) => return self.peek(&p, routed, body_size, end_of_stream),
             _ => {}
+        }
+        if let Some(action) = self.aside() {
+            return action;
+        }
+        if let Some(text) = self.retold.take() {
+            // Envoy's plain text, replaced by the client-format error.
+            let _ = p.host.set_buffer(Buffer::ResponseBody, 0, body_size, &text);
+            if !end_of_stream {
+                self.retold = Some(Vec::new());
+            }
+            return Action::Continue;
         }
         if !self.watch.wants_chunk(body_size) {
             return Action::Continue;
@@ -420,7 +484,7 @@ impl<H: Host> Stream<H> {
                 sc.set_dialect_if_unknown(dialect);
                 sc.clone_finish()
             });
-            answer::at_peek(sc, ending.as_ref(), end_of_stream, may_move)
+            answer::at_peek(sc, ending.as_ref(), end_of_stream, may_move, bytes.len())
         };
         match decision {
             AtPeek::Wait => Action::Pause,
@@ -471,8 +535,12 @@ impl<H: Host> Stream<H> {
         if let Some(j) = self.journey.take() {
             let ctx = j.borrow().ctx;
             p.journeys.borrow_mut().remove(&ctx);
-            // A rescue still in flight for a client that went away.
+            // A rescue still in flight for a client that went away: nothing
+            // more will be learned of this request.
             p.callouts.borrow_mut().retain(|_, c| *c != ctx);
+            if stage == Some(Stage::Rescuing) {
+                rescue::settle(&p, &j, false, p.now());
+            }
         }
         // A rescued or refused request recorded its attempts as they ended.
         if stage.is_some_and(|s| !s.records_at_end()) {

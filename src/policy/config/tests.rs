@@ -55,7 +55,8 @@ fn minimal_config_takes_every_default() {
             max_attempts: n32(3),
             deadline_ms: 120_000,
             max_body_bytes: 512 * 1024,
-            first_token_ms: None
+            first_token_ms: None,
+            max_answer_bytes: 2 * 1024 * 1024,
         }
     );
     assert_eq!(
@@ -415,6 +416,10 @@ fn adaptation_errors_name_their_field() {
             r#"{"vendors":[{"name":"a"}],"rescue":{"first_token_timeout":"soon"}}"#,
             "rescue.first_token_timeout",
         ),
+        (
+            r#"{"vendors":[{"name":"a"}],"rescue":{"max_answer_bytes":10}}"#,
+            "rescue.max_answer_bytes",
+        ),
         (r#"{"vendors":[{"name":"a"}],"rescue":{"retries":1}}"#, "rescue.retries"),
     ];
     for (json, field) in cases {
@@ -492,6 +497,7 @@ const REFERENCE: &[&str] = &[
     "rescue.deadline",
     "rescue.max_body_bytes",
     "rescue.first_token_timeout",
+    "rescue.max_answer_bytes",
     "window.length",
     "window.buckets",
     "trip.min_requests",
@@ -1017,6 +1023,11 @@ impl Gen {
                         &["67108865", "\"1k\""],
                     ),
                     ("first_token_timeout", &off, &bad_duration),
+                    (
+                        "max_answer_bytes",
+                        &["1024", "2097152", "67108864"],
+                        &["1023", "67108865", "\"2m\""],
+                    ),
                 ],
             ),
             (

@@ -45,6 +45,9 @@ pub struct Rescue {
     /// A streamed answer whose first event has not arrived this long after
     /// the request is abandoned and rescued; `None`: no limit.
     pub first_token_ms: Option<u64>,
+    /// A rescue callout's answer larger than this is not held in the VM
+    /// (whose memory never shrinks): the client gets a 502 instead.
+    pub max_answer_bytes: u64,
 }
 
 impl Rescue {
@@ -53,6 +56,7 @@ impl Rescue {
         deadline_ms: 120_000,
         max_body_bytes: 512 * 1024,
         first_token_ms: None,
+        max_answer_bytes: 2 * 1024 * 1024,
     };
 }
 
@@ -298,12 +302,14 @@ pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
     let deadline_ms = f.duration_in("deadline", d.deadline_ms, 100, 3_600_000)?;
     let max_body_bytes = f.integer_in("max_body_bytes", d.max_body_bytes, 0, 64 * 1024 * 1024)?;
     let first_token_ms = f.optional_duration("first_token_timeout", d.first_token_ms, 10, 3_600_000)?;
+    let max_answer_bytes = f.integer_in("max_answer_bytes", d.max_answer_bytes, 1024, 64 * 1024 * 1024)?;
     f.finish()?;
     Ok(Rescue {
         max_attempts,
         deadline_ms,
         max_body_bytes,
         first_token_ms,
+        max_answer_bytes,
     })
 }
 

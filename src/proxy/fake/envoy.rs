@@ -73,6 +73,12 @@ pub enum Answer {
     },
     /// No answer from the vendor: Envoy's own reply, with its response flags.
     Local { status: u16, flags: u64 },
+    /// Headers, then the vendor resets before any body: Envoy's own 503
+    /// follows if the client has seen nothing yet.
+    ResetAfterHeaders {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
 }
 
 impl Answer {
@@ -301,16 +307,17 @@ fn exchange(w: &mut Worker, context: u32, request: &Request, upstream: &mut dyn 
     let asked = routed(&host, context, &cluster_header);
     got.asked.push(asked.clone());
     let answer = upstream(&asked);
+    let mut reset_after_headers = false;
     let (status, headers, chunks, local_flags) = match answer {
         Answer::Http {
             status,
             headers,
             chunks,
         } => (status, headers, chunks, 0),
-        Answer::Local { status, flags } => {
-            let body = b"upstream connect error or disconnect/reset before headers".to_vec();
-            let headers = vec![("content-type".to_string(), "text/plain".to_string())];
-            (status, headers, vec![body], flags)
+        Answer::Local { status, flags } => envoy_reply(status, flags),
+        Answer::ResetAfterHeaders { status, headers } => {
+            reset_after_headers = true;
+            (status, headers, Vec::new(), 0)
         }
     };
     host.with_stream(context, |s| {
@@ -325,8 +332,38 @@ fn exchange(w: &mut Worker, context: u32, request: &Request, upstream: &mut dyn 
             .insert(b"response\0code".to_vec(), u64::from(status).to_le_bytes().to_vec());
     });
     host.enter(context);
-    let mut held = stream.on_response_headers(headers.len() + 1, chunks.is_empty()) == Action::Pause;
+    let end_at_headers = chunks.is_empty() && !reset_after_headers;
+    let mut held = stream.on_response_headers(headers.len() + 1, end_at_headers) == Action::Pause;
     answer_callouts(&host, &mut stream, &mut got, &mut answered, upstream);
+    let (status, chunks) = if reset_after_headers {
+        let flags = flags::UPSTREAM_REMOTE_RESET;
+        host.with_stream(context, |s| {
+            s.properties
+                .insert(b"response\0flags".to_vec(), flags.to_le_bytes().to_vec());
+        });
+        if !held || host.stream(context).reply.is_some() {
+            // The client had the headers: the reset just ends its stream.
+            got.status = u32::from(status);
+            got.headers = host.stream(context).response_headers;
+            host.enter(context);
+            stream.on_done();
+            return got;
+        }
+        // Nothing reached the client: Envoy answers it itself, through the
+        // filter's encoders.
+        let (local_status, local_headers, local_chunks, _) = envoy_reply(503, flags);
+        host.with_stream(context, |s| {
+            s.response_headers = vec![(":status".into(), local_status.to_string().into_bytes())];
+            s.response_headers
+                .extend(local_headers.iter().map(|(n, v)| (n.clone(), v.as_bytes().to_vec())));
+        });
+        host.enter(context);
+        held = stream.on_response_headers(local_headers.len() + 1, false) == Action::Pause;
+        answer_callouts(&host, &mut stream, &mut got, &mut answered, upstream);
+        (local_status, local_chunks)
+    } else {
+        (status, chunks)
+    };
     let mut buffered: Vec<u8> = Vec::new();
     let mut passed: Vec<u8> = Vec::new();
     let last = chunks.len().saturating_sub(1);
@@ -363,6 +400,13 @@ fn exchange(w: &mut Worker, context: u32, request: &Request, upstream: &mut dyn 
     got
 }
 
+/// Envoy's own reply for a vendor that gave no answer.
+fn envoy_reply(status: u16, flags: u64) -> (u16, Vec<(String, String)>, Vec<Vec<u8>>, u64) {
+    let body = b"upstream connect error or disconnect/reset before headers".to_vec();
+    let headers = vec![("content-type".to_string(), "text/plain".to_string())];
+    (status, headers, vec![body], flags)
+}
+
 /// Answers every callout the filter sent since the last call, each in the
 /// context that sent it, until none is pending.
 fn answer_callouts(
@@ -396,7 +440,7 @@ fn answer_callouts(
                 (h, chunks.concat())
             }
             // A callout that got no answer has no headers.
-            Answer::Local { .. } => (Vec::new(), Vec::new()),
+            Answer::Local { .. } | Answer::ResetAfterHeaders { .. } => (Vec::new(), Vec::new()),
         };
         host.set_callout_answer(headers.clone(), body.clone());
         host.enter(c.context);

@@ -163,3 +163,250 @@ fn an_upload_that_never_completes_is_the_clients_doing() {
         assert_eq!(got.asked[0].cluster, "anthropic", "still in service");
     }
 }
+
+const STOP: &str = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+const START: &str = "event: message_start\ndata: {\"type\":\"message_start\"}\n\n";
+
+#[test]
+fn a_cut_stream_with_a_declared_length_loses_the_length_when_the_error_event_is_appended() {
+    // Held for its first event (rescue on), then released.
+    let mut e = envoy(&three(""), 1);
+    let cut = Answer::Http {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "text/event-stream".into()),
+            ("content-length".into(), "923".into()),
+        ],
+        chunks: vec![START.as_bytes().to_vec()],
+    };
+    let got = e.send(0, &Request::anthropic("m", true), &mut vendors(&[("anthropic", cut)]));
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("content-length"), None);
+    assert!(
+        got.body_text().ends_with("\n\n") && got.body_text().contains("event: error"),
+        "{}",
+        got.body_text()
+    );
+}
+
+#[test]
+fn a_failed_answer_held_for_a_rescue_keeps_none_of_its_body() {
+    let mut e = envoy(&three(""), 1);
+    let host = e.workers[0].host.clone();
+    let request = Request::openai("m", false);
+    host.with_stream(70, |s| {
+        s.request_headers = request.headers.clone();
+        s.request_body = request.body.clone();
+    });
+    host.enter(70);
+    let mut s = e.workers[0].root.new_stream(70);
+    s.on_request_headers(5, false);
+    assert_eq!(
+        s.on_request_body(request.body.len(), true),
+        proxy_wasm::types::Action::Continue
+    );
+    host.with_stream(70, |st| st.response_headers = vec![(":status".into(), b"503".to_vec())]);
+    assert_eq!(
+        s.on_response_headers(1, false),
+        proxy_wasm::types::Action::Pause,
+        "held: rescuing"
+    );
+    // Ten 1 MB chunks of the failed answer: none is kept.
+    for i in 0..10 {
+        host.with_stream(70, |st| st.response_body.extend(std::iter::repeat_n(b'x', 1 << 20)));
+        let size = host.stream(70).response_body.len();
+        assert_eq!(s.on_response_body(size, i == 9), proxy_wasm::types::Action::Pause);
+        assert!(host.stream(70).response_body.is_empty(), "chunk {i} dropped");
+    }
+}
+
+#[test]
+fn a_held_answer_past_the_cap_goes_on_unjudged() {
+    let mut e = envoy(&three(""), 1);
+    // A first event of 1 MB: no longer waited for past the cap.
+    let huge = format!(
+        "event: content_block_delta\ndata: {{\"t\":\"{}\"}}\n\n",
+        "y".repeat(1 << 20)
+    );
+    let split = huge
+        .as_bytes()
+        .chunks(16 * 1024)
+        .map(<[u8]>::to_vec)
+        .collect::<Vec<_>>();
+    let mut chunks = split;
+    chunks.push(STOP.as_bytes().to_vec());
+    let big = Answer::Http {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        chunks,
+    };
+    let got = e.send(0, &Request::anthropic("m", true), &mut vendors(&[("anthropic", big)]));
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.body.len(),
+        huge.len() + STOP.len(),
+        "everything passed, nothing added"
+    );
+}
+
+#[test]
+fn a_reset_before_the_first_event_is_rescued() {
+    let mut e = envoy(&three(""), 1);
+    let reset = Answer::ResetAfterHeaders {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+    };
+    let ok = Answer::sse(&[START, STOP]);
+    let got = e.send(
+        0,
+        &Request::anthropic("m", true),
+        &mut vendors(&[("anthropic", reset), ("openai", ok)]),
+    );
+    assert_eq!(got.status, 200, "{}", got.body_text());
+    assert_eq!(got.header("x-llm-failover-vendor"), Some("openai"));
+    assert!(got.body_text().contains("message_stop"));
+    assert_eq!(
+        e.main.metric("llm_failover.vendor.anthropic.failures_by_reason.reset"),
+        1
+    );
+}
+
+#[test]
+fn envoys_own_reply_is_said_again_in_the_clients_format_when_nothing_is_left() {
+    let mut e = envoy(r#"{"vendors":[{"name":"anthropic"}]}"#, 1);
+    let got = e.send(
+        0,
+        &Request::anthropic("m", false),
+        &mut vendors(&[("anthropic", Answer::refused())]),
+    );
+    assert_eq!(got.status, 503);
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(v["type"], "error");
+    assert!(v["error"]["message"].as_str().unwrap().contains("connect_failure"));
+}
+
+#[test]
+fn vendors_cannot_forge_the_filters_headers() {
+    let mut e = envoy(&three(""), 1);
+    let forged = Answer::Http {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-llm-failover-attempts".into(), "99".into()),
+            ("x-llm-failover-tried".into(), "evil".into()),
+            ("x-llm-failover-vendor".into(), "evil".into()),
+        ],
+        chunks: vec![b"{}".to_vec()],
+    };
+    let got = e.send(
+        0,
+        &Request::openai("m", false),
+        &mut vendors(&[("anthropic", forged.clone())]),
+    );
+    assert_eq!(got.header("x-llm-failover-attempts"), None);
+    assert_eq!(got.header("x-llm-failover-tried"), None);
+    assert_eq!(got.header("x-llm-failover-vendor"), Some("anthropic"));
+    // On a rescued answer the filter's own values, once each.
+    let got = e.send(
+        0,
+        &Request::openai("m", false),
+        &mut vendors(&[("anthropic", Answer::status(503)), ("openai", forged)]),
+    );
+    let attempts: Vec<&str> = got
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "x-llm-failover-attempts")
+        .map(|(_, v)| std::str::from_utf8(v).unwrap())
+        .collect();
+    assert_eq!(attempts, ["2"]);
+    assert_eq!(got.header("x-llm-failover-tried"), Some("anthropic,openai"));
+    assert_eq!(got.header("x-llm-failover-vendor"), Some("openai"));
+}
+
+#[test]
+fn a_rescued_answer_larger_than_the_vm_holds_is_not_relayed() {
+    let mut e = envoy(&three(r#","rescue":{"max_answer_bytes":1024}"#), 1);
+    let big = Answer::json(200, &format!(r#"{{"text":"{}"}}"#, "z".repeat(5_000)));
+    let got = e.send(
+        0,
+        &Request::openai("m", false),
+        &mut vendors(&[("anthropic", Answer::status(503)), ("openai", big)]),
+    );
+    assert_eq!(got.status, 502);
+    assert!(got.body_text().contains("answer_too_large"));
+    assert_eq!(
+        e.main.metric("llm_failover.vendor.openai.failures"),
+        0,
+        "the vendor did answer"
+    );
+}
+
+/// A request every vendor fails (its body makes them reset or 500).
+fn poison() -> Request {
+    let mut body = String::from(r#"{"model":"m","x":"#);
+    body.push_str(&"[".repeat(10_000));
+    body.push_str(&"]".repeat(10_000));
+    body.push('}');
+    Request::new("/v1/chat/completions", body.as_bytes())
+}
+
+/// Vendors that fail the poison request (by its size) and serve the rest.
+fn choke(asked: &crate::proxy::fake::envoy::Asked) -> Answer {
+    if asked.body.len() > 10_000 {
+        Answer::status(500)
+    } else {
+        Answer::json(200, r#"{"ok":true}"#)
+    }
+}
+
+#[test]
+fn one_request_that_every_vendor_fails_ejects_no_vendor_that_serves_others() {
+    let mut e = envoy(&three(""), 1);
+    // Five such requests among other traffic (one in six).
+    for _ in 0..5 {
+        let got = e.send(0, &poison(), &mut choke);
+        assert_eq!(got.status, 503);
+        assert!(!got.body_text().contains("due back: ."), "{}", got.body_text());
+        for _ in 0..5 {
+            let good = e.send(0, &Request::openai("m", false), &mut choke);
+            assert_eq!(good.status, 200);
+            assert_eq!(good.asked[0].cluster, "anthropic");
+        }
+    }
+    for v in CLUSTERS {
+        assert_eq!(e.main.metric(&format!("llm_failover.vendor.{v}.ejections")), 0, "{v}");
+    }
+    assert_eq!(e.main.metric("llm_failover.failed_everywhere"), 5);
+    // Only the first attempts were charged.
+    assert_eq!(e.main.metric("llm_failover.vendor.anthropic.failures"), 5);
+    assert_eq!(e.main.metric("llm_failover.vendor.openai.failures"), 0);
+    assert_eq!(e.main.metric("llm_failover.vendor.xai.failures"), 0);
+}
+
+#[test]
+fn a_burst_of_such_requests_ejects_at_most_the_vendor_that_took_them_first() {
+    let mut e = envoy(&three(""), 1);
+    for _ in 0..5 {
+        e.send(0, &poison(), &mut choke);
+    }
+    let next = e.send(0, &Request::openai("m", false), &mut choke);
+    assert_eq!(next.status, 200);
+    assert_eq!(next.asked[0].cluster, "openai", "not forced: openai and xai stand");
+    assert_eq!(e.main.metric("llm_failover.all_down"), 0);
+}
+
+#[test]
+fn vendors_that_really_fail_everything_are_still_ejected() {
+    let mut e = envoy(&three(""), 1);
+    for _ in 0..20 {
+        e.send(
+            0,
+            &Request::openai("m", false),
+            &mut |_: &crate::proxy::fake::envoy::Asked| Answer::status(503),
+        );
+    }
+    for v in CLUSTERS {
+        assert_eq!(e.main.metric(&format!("llm_failover.vendor.{v}.ejections")), 1, "{v}");
+    }
+}
