@@ -341,16 +341,29 @@ def test_a_vendor_that_hangs_cannot_make_the_client_wait_past_the_deadline(vendo
 # Bodies --------------------------------------------------------------------------
 
 
-def test_a_body_over_the_limit_passes_through_unchanged(vendors, gateway):
+def test_a_body_over_the_limit_is_refused_where_a_model_map_would_change_it(vendors, gateway):
     envoy = gateway(rescue={"max_attempts": 3, "deadline": "10s", "max_body_bytes": 2048})
-    big = "x" * 10_000
-    sent = {"model": "claude-sonnet", "messages": [{"role": "user", "content": big}]}
+    messages = [{"role": "user", "content": "x" * 10_000}]
+    before = {v: len(vendors.requests(v)) for v in ("anthropic", "openai", "xai")}
+    with pytest.raises(openai.APIStatusError) as refused:
+        oai(envoy).chat.completions.create(model="claude-sonnet", messages=messages)
+    assert refused.value.status_code == 413
+    assert refused.value.body["code"] == "request_too_large"
+    assert {v: len(vendors.requests(v)) for v in before} == before, "no vendor saw it"
+    assert envoy.stats()["wasmcustom.llm_failover.body_too_large"] >= 1
+
+
+def test_a_body_over_the_limit_passes_through_unchanged_where_nothing_would_change_it(vendors, gateway):
+    plain = [{k: v for k, v in vendor.items() if k not in ("models", "paths")} for vendor in VENDORS]
+    envoy = gateway(vendor_list=plain, groups=[], rescue={"max_attempts": 3, "deadline": "10s", "max_body_bytes": 2048})
+    sent = {"model": "claude-sonnet", "messages": [{"role": "user", "content": "x" * 10_000}]}
     client = oai(envoy)
     answer = client.chat.completions.create(model="claude-sonnet", messages=sent["messages"])
     r = last(vendors, "anthropic")
     assert r["body"] == sent, "not rewritten: the client's model and content, byte for byte"
     assert answer.model == "claude-sonnet"
-    assert envoy.stats()["wasmcustom.llm_failover.body_too_large"] >= 1
+    assert CLIENT_KEY not in json.dumps(r["headers"]), "the client's key never leaves"
+    assert r["headers"].get("authorization") == "Bearer sk-ant-vendor"
     # Without rescue: a failure reaches the client as it is.
     vendors.set_fault("anthropic", mode="status", status=503, count=1)
     with pytest.raises(openai.InternalServerError):

@@ -400,8 +400,12 @@ fn exchange(w: &mut Worker, context: u32, request: &Request, upstream: &mut dyn 
     got
 }
 
+/// An upstream answer as the driver plays it: status, headers, body
+/// chunks, Envoy's response flags.
+type Played = (u16, Vec<(String, String)>, Vec<Vec<u8>>, u64);
+
 /// Envoy's own reply for a vendor that gave no answer.
-fn envoy_reply(status: u16, flags: u64) -> (u16, Vec<(String, String)>, Vec<Vec<u8>>, u64) {
+fn envoy_reply(status: u16, flags: u64) -> Played {
     let body = b"upstream connect error or disconnect/reset before headers".to_vec();
     let headers = vec![("content-type".to_string(), "text/plain".to_string())];
     (status, headers, vec![body], flags)

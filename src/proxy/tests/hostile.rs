@@ -191,7 +191,7 @@ fn a_cut_stream_with_a_declared_length_loses_the_length_when_the_error_event_is_
 
 #[test]
 fn a_failed_answer_held_for_a_rescue_keeps_none_of_its_body() {
-    let mut e = envoy(&three(""), 1);
+    let e = envoy(&three(""), 1);
     let host = e.workers[0].host.clone();
     let request = Request::openai("m", false);
     host.with_stream(70, |s| {
