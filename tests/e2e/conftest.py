@@ -41,12 +41,13 @@ def vendors():
 
 @pytest.fixture
 def make_envoy(vendors, tmp_path):
-    """make_envoy(**filter_overrides, envoy={...envoy_config kwargs}) -> started Envoy."""
+    """make_envoy(**filter_overrides, envoy={...envoy_config kwargs},
+    ports={vendor: port} to point a vendor's cluster elsewhere) -> started Envoy."""
     started: list[Envoy] = []
 
-    def make(envoy: dict | None = None, concurrency: int = 2, vendor_list=None, **overrides) -> Envoy:
+    def make(envoy: dict | None = None, concurrency: int = 2, vendor_list=None, ports=None, **overrides) -> Envoy:
         fc = filter_config(vendor_list or VENDORS, **overrides)
-        cfg = envoy_config(fc, dict(vendors.ports), **(envoy or {}))
+        cfg = envoy_config(fc, {**vendors.ports, **(ports or {})}, **(envoy or {}))
         e = Envoy(cfg, concurrency=concurrency, workdir=tmp_path / f"envoy{len(started)}")
         started.append(e)
         return e.start()

@@ -64,6 +64,39 @@ def cluster(name: str, port: int, connect_timeout: str = "0.5s") -> dict:
     }
 
 
+# Envoy's own replies for a vendor that gave no answer (connect failure,
+# reset, timeout), in the client's API format. Envoy sends such a reply
+# straight to the client, past every filter, when the upstream fails while a
+# filter holds the response headers; this mapping reaches those too. Only
+# replies with an upstream-failure flag are mapped, so the filter's own
+# answers are untouched. Mirrors envoy/envoy.yaml.
+UPSTREAM_FAILURE_FLAGS = ["UF", "UR", "UC", "UPE", "UT", "UH", "UO", "NC", "DF", "LR", "SI", "UMSDR"]
+
+
+def local_reply_config() -> dict:
+    failed = {"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}
+    anthropic_path = {"header_filter": {"header": {"name": ":path", "string_match": {"contains": "/messages"}}}}
+    message = "llm-failover: the vendor gave no answer (%RESPONSE_CODE_DETAILS%)"
+    return {
+        "mappers": [
+            {
+                "filter": {"and_filter": {"filters": [failed, anthropic_path]}},
+                "body_format_override": {
+                    "json_format": {"type": "error", "error": {"type": "api_error", "message": message}}
+                },
+            },
+            {
+                "filter": failed,
+                "body_format_override": {
+                    "json_format": {
+                        "error": {"message": message, "type": "server_error", "param": None, "code": "upstream_failure"}
+                    }
+                },
+            },
+        ]
+    }
+
+
 def envoy_config(
     filter_json: dict | str,
     vendor_ports: dict[str, int],
@@ -74,6 +107,7 @@ def envoy_config(
     stream_idle_timeout: str = "30s",
     route_idle_timeout: str | None = None,
     env: dict[str, str] | None = None,
+    body_access: bool = True,
 ) -> dict:
     """Listener -> [drop client routing header] -> llm-failover -> router,
     one STATIC cluster per vendor. Mirrors envoy/envoy.yaml."""
@@ -91,6 +125,7 @@ def envoy_config(
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "llm",
         "stream_idle_timeout": stream_idle_timeout,
+        "local_reply_config": local_reply_config(),
         "route_config": {"name": "llm", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
         "http_filters": [
             {
@@ -109,7 +144,7 @@ def envoy_config(
                         "root_id": "llm_failover",
                         "failure_policy": failure_policy,
                         # Lets the filter read a request's body before routing it.
-                        "allow_on_headers_stop_iteration": True,
+                        "allow_on_headers_stop_iteration": body_access,
                         "vm_config": {
                             "vm_id": "llm_failover",
                             "runtime": "envoy.wasm.runtime.v8",
