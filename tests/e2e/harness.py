@@ -74,7 +74,22 @@ UPSTREAM_FAILURE_FLAGS = ["UF", "UR", "UC", "UPE", "UT", "UH", "UO", "NC", "DF",
 
 
 def local_reply_config() -> dict:
-    failed = {"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}
+    # The stream's flags stay set after a failed first attempt, so the
+    # filter's own answers (details "llm_failover_...") are told apart.
+    not_the_filters = {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": "!response.code_details.startsWith('llm_failover')",
+            },
+        }
+    }
+    failed = {
+        "and_filter": {
+            "filters": [{"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}, not_the_filters]
+        }
+    }
     anthropic_path = {"header_filter": {"header": {"name": ":path", "string_match": {"contains": "/messages"}}}}
     message = "llm-failover: the vendor gave no answer (%RESPONSE_CODE_DETAILS%)"
     return {
