@@ -123,6 +123,7 @@ def envoy_config(
     route_idle_timeout: str | None = None,
     env: dict[str, str] | None = None,
     body_access: bool = True,
+    host_env: list[str] | None = None,
 ) -> dict:
     """Listener -> [drop client routing header] -> llm-failover -> router,
     one STATIC cluster per vendor. Mirrors envoy/envoy.yaml."""
@@ -165,7 +166,9 @@ def envoy_config(
                             "runtime": "envoy.wasm.runtime.v8",
                             "code": {"local": {"filename": str(wasm)}},
                             # Vendor API keys reach the filter as environment variables.
-                            "environment_variables": {"key_values": env or {}},
+                            "environment_variables": (
+                                {"host_env_keys": host_env} if host_env is not None else {"key_values": env or {}}
+                            ),
                         },
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -208,6 +211,25 @@ def envoy_config(
     }
 
 
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def with_file_lds(config: dict) -> dict:
+    """The same Envoy, its listeners served by a file-based LDS (Envoy's real
+    update path, as xDS would deliver them) instead of static config; write
+    them with `Envoy.write_listeners`."""
+    cfg = json.loads(json.dumps(config))
+    cfg["static_resources"].pop("listeners")
+    cfg["node"] = {"id": "llm-failover-test", "cluster": "llm-failover-test"}
+    cfg["dynamic_resources"] = {
+        "lds_config": {
+            "path_config_source": {"path": "LDS_PATH", "watched_directory": {"path": "LDS_DIR"}},
+            "resource_api_version": "V3",
+        }
+    }
+    return cfg
+
+
 class EnvoyFailed(Exception):
     pass
 
@@ -215,15 +237,34 @@ class EnvoyFailed(Exception):
 class Envoy:
     """A real Envoy process with the filter, on loopback."""
 
-    def __init__(self, config: dict, concurrency: int = 2, log_level: str = "info", workdir: Path | None = None):
+    def __init__(
+        self,
+        config: dict,
+        concurrency: int = 2,
+        log_level: str = "info",
+        workdir: Path | None = None,
+        env: dict[str, str] | None = None,
+        components: str = "",
+    ):
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="llm-failover-e2e-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "envoy.json"
-        self.config_path.write_text(json.dumps(config, indent=1))
+        self.lds_dir = self.dir / "lds"
+        self.lds_path = self.lds_dir / "listeners.json"
+        self.lds_version = 0
+        if "dynamic_resources" in config:
+            self.lds_dir.mkdir(exist_ok=True)
+            text = json.dumps(config, indent=1).replace("LDS_PATH", str(self.lds_path))
+            text = text.replace("LDS_DIR", str(self.lds_dir))
+            self.config_path.write_text(text)
+        else:
+            self.config_path.write_text(json.dumps(config, indent=1))
         self.log_path = self.dir / "envoy.log"
         self.admin_path = self.dir / "admin.txt"
         self.concurrency = concurrency
         self.log_level = log_level
+        self.env = env or {}
+        self.components = components
         self.proc: subprocess.Popen | None = None
         self.admin = ""
         self.port = 0
@@ -236,13 +277,15 @@ class Envoy:
             "--disable-hot-restart",
             "--admin-address-path", str(self.admin_path),
             "--log-level", "warn",
-            "--component-log-level", f"wasm:{self.log_level}",
+            "--component-log-level", f"wasm:{self.log_level}" + (f",{self.components}" if self.components else ""),
             "--drain-time-s", "0",
         ]
 
     def start(self, timeout: float = 30) -> "Envoy":
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env}
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -258,6 +301,18 @@ class Envoy:
             time.sleep(0.05)
         self.stop()
         raise EnvoyFailed(f"envoy not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def write_listeners(self, listeners: list[dict]) -> None:
+        """Replaces the file-based LDS resources (atomically, as Envoy's
+        file watch expects)."""
+        self.lds_version += 1
+        doc = {
+            "version_info": str(self.lds_version),
+            "resources": [{"@type": LISTENER_TYPE, **listener} for listener in listeners],
+        }
+        tmp = self.lds_dir / f".listeners.{self.lds_version}.json"
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.lds_path)
 
     def wait_exit(self, timeout: float = 30) -> int:
         assert self.proc is not None
