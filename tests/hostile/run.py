@@ -544,50 +544,40 @@ async def drive(envoy: Envoy, specs: list, seed: int, concurrency: int, monitor:
     return results, phase_stats
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=int(os.environ.get("HOSTILE_N", 10000)))
-    p.add_argument("--seed", type=int, default=int(os.environ.get("HOSTILE_SEED", 1)))
-    p.add_argument("--concurrency", type=int, default=int(os.environ.get("HOSTILE_CONCURRENCY", 48)))
-    p.add_argument("--slow-share", type=float, default=0.3,
-                   help="share of requests (the last ones, phase B) that may trickle for up to 2 s or stop short")
-    p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
-    p.add_argument("--strict", action="store_true", help="findings fail the run too")
-    args = p.parse_args()
-
-    if not WASM.exists():
-        print(f"{WASM} is missing: build it first (make build)", file=sys.stderr)
-        return 2
-    out_dir = args.out.parent
-    work = out_dir / "latest-work"
+def run_once(n: int, seed: int, concurrency: int, slow_share: float, out: Path, wasm: Path = WASM,
+             strict: bool = False) -> dict:
+    """One run: Envoy with `wasm`, the vendor, the client; the report (also
+    written to `out`, with `<stem>-work/` and `<stem>-envoy.log` beside it)."""
+    out_dir = out.parent
+    work = out_dir / f"{out.stem}-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t_start = time.time()
 
-    specs = hclient.plan(args.n, args.seed, args.slow_share)
+    specs = hclient.plan(n, seed, slow_share)
     records_path = work / "vendor-records.jsonl"
-    vendor_proc, ports = start_vendor(args.seed, records_path)
+    vendor_proc, ports = start_vendor(seed, records_path)
     env = {KEY_ENV[v]: VENDOR_KEYS[v] for v in VENDORS}
     config = envoy_config(
         filter_config(route_deadline=ROUTE_TIMEOUT),
         ports,
         route_timeout=ROUTE_TIMEOUT,
+        wasm=wasm,
         failure_policy="FAIL_RELOAD",
         stream_idle_timeout=STREAM_IDLE_TIMEOUT,
         route_idle_timeout=ROUTE_IDLE_TIMEOUT,
         env=env,
     )
     envoy = Envoy(config, concurrency=2, workdir=work / "envoy")
-    exit_code = None
     try:
         envoy.start()
-        print(f"hostile: {args.n} requests, seed {args.seed}, concurrency {args.concurrency}; "
+        print(f"hostile: {n} requests, seed {seed}, concurrency {concurrency}, {wasm.name}; "
               f"Envoy pid {envoy.proc.pid} on {envoy.url}, vendors {ports}", flush=True)
         stats_before = envoy.stats()
         rss_before = rss_kib(envoy.proc.pid)
         monitor = Monitor(envoy)
         t_run = time.time()
-        results, phase_stats = asyncio.run(drive(envoy, specs, args.seed, args.concurrency, monitor, args.n))
+        results, phase_stats = asyncio.run(drive(envoy, specs, seed, concurrency, monitor, n))
         run_s = time.time() - t_run
         alive = envoy.proc.poll() is None
         try:
@@ -601,23 +591,28 @@ def main() -> int:
         stop_vendor(vendor_proc)
     exit_status = envoy.proc.returncode if envoy.proc else None
 
-    log = envoy.log()
-    log_lines = log.splitlines()
+    log_lines = envoy.log().splitlines()
     records = load_records(records_path)
     spec_dicts = {s.rid: hclient.asdict(s) for s in specs}
 
+    # Traps: each matching log line, and each increase of a wasm VM failure
+    # or reload counter (or of the VMs created after start: a reload).
     trap_lines = [l for l in log_lines if TRAP_RE.search(l)]
     wasm_changes = {
         k: [stats_before.get(k, 0), v] for k, v in stats_after.items()
-        if k.startswith("wasm.") and not k.startswith("wasmcustom.") and v != stats_before.get(k, 0)
+        if k.startswith("wasm.") and v != stats_before.get(k, 0)
     }
     failure_stats = {k: v for k, v in wasm_changes.items() if WASM_FAILURE_STAT.search(k)}
     vm_created = wasm_changes.get("wasm.envoy.wasm.runtime.v8.created")
-    traps = len(trap_lines) + sum(v[1] - v[0] for v in failure_stats.values()) + (vm_created[1] - vm_created[0] if vm_created else 0)
+    stat_signals = sum(max(0, v[1] - v[0]) for v in failure_stats.values()) + (
+        max(0, vm_created[1] - vm_created[0]) if vm_created else 0)
+    traps = len(trap_lines) + stat_signals
 
     report = analyse(spec_dicts, results, records, {"log_lines": log_lines})
     report["traps"] = {
         "count": traps,
+        "log_lines_matching": len(trap_lines),
+        "wasm_stat_signals": stat_signals,
         "log_lines": trap_lines[:20],
         "wasm_stats_changed": wasm_changes,
         "wasm_failure_stats": failure_stats,
@@ -641,14 +636,14 @@ def main() -> int:
     report["filter_stats"] = stats_text_to_dict(filter_stats_text)
     report["filter_stats_after_phase"] = phase_stats
     report["run"] = {
-        "n": args.n, "seed": args.seed, "concurrency": args.concurrency, "slow_share": args.slow_share,
+        "n": n, "seed": seed, "concurrency": concurrency, "slow_share": slow_share,
         "seconds_total": round(time.time() - t_start, 1), "seconds_requests": round(run_s, 1),
         "envoy": {"route_timeout": ROUTE_TIMEOUT, "route_idle_timeout": ROUTE_IDLE_TIMEOUT,
                   "stream_idle_timeout": STREAM_IDLE_TIMEOUT, "concurrency": 2, "failure_policy": "FAIL_RELOAD"},
         "filter_config": filter_config(route_deadline=ROUTE_TIMEOUT),
         "work_dir": str(work),
-        "wasm": str(WASM),
-        "wasm_bytes": WASM.stat().st_size,
+        "wasm": str(wasm),
+        "wasm_bytes": wasm.stat().st_size,
     }
     must = {
         "traps": traps,
@@ -658,15 +653,65 @@ def main() -> int:
     }
     report["must_be_zero"] = must
     report["findings_summary"] = {k: v["count"] for k, v in report["findings"].items()}
-    failed = any(must.values()) or (args.strict and any(report["findings_summary"].values()))
+    failed = any(must.values()) or (strict and any(report["findings_summary"].values()))
     report["passed"] = not failed
     report["exchanges"] = [results[k] for k in sorted(results)]
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
-    shutil.copy(envoy.log_path, out_dir / "latest-envoy.log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+    shutil.copy(envoy.log_path, out_dir / f"{out.stem}-envoy.log")
+    return report
+
+
+def self_check(args: argparse.Namespace) -> int:
+    """Proves the detectors fire: a module that traps must show traps; the
+    bench's empty filter (which strips nothing and closes no cut stream)
+    must show client credentials upstream and cut answers shown complete."""
+    import trapwasm
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    ok = True
+    trap = trapwasm.write(RESULTS / "selfcheck-trap.wasm")
+    r = run_once(60, args.seed, 8, 0.0, RESULTS / "selfcheck-trap.json", wasm=trap)
+    seen = r["must_be_zero"]["traps"]
+    print(f"self-check: trapping module -> traps {seen} "
+          f"({r['traps']['log_lines_matching']} log lines, {r['traps']['wasm_stat_signals']} stat signals: "
+          f"{r['traps']['wasm_failure_stats']})")
+    ok &= seen > 0
+    empty = WASM.parent / "empty_filter.wasm"
+    if not empty.exists():
+        print(f"self-check: {empty} is missing (make build builds it)")
+        return 2
+    r = run_once(400, args.seed, 16, 0.0, RESULTS / "selfcheck-empty.json", wasm=empty)
+    creds, cut = r["must_be_zero"]["client_credentials_upstream"], r["must_be_zero"]["truncated_answers_presented_complete"]
+    print(f"self-check: empty filter -> client credentials upstream {creds} (by header "
+          f"{r['credentials']['by_header']}), cut answers shown complete {cut}, traps {r['must_be_zero']['traps']}")
+    ok &= creds > 0 and cut > 0 and r["must_be_zero"]["traps"] == 0
+    print("self-check PASSED: the detectors fire" if ok else "self-check FAILED")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=int(os.environ.get("HOSTILE_N", 10000)))
+    p.add_argument("--seed", type=int, default=int(os.environ.get("HOSTILE_SEED", 1)))
+    p.add_argument("--concurrency", type=int, default=int(os.environ.get("HOSTILE_CONCURRENCY", 48)))
+    p.add_argument("--slow-share", type=float, default=0.3,
+                   help="share of requests (the last ones, phase B) that may trickle for up to 2 s or stop short")
+    p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    p.add_argument("--wasm", type=Path, default=WASM, help="the filter to run (default: the release build)")
+    p.add_argument("--strict", action="store_true", help="findings fail the run too")
+    p.add_argument("--self-check", action="store_true",
+                   help="instead of a run: show that a trapping module and the empty filter are caught")
+    args = p.parse_args()
+    if args.self_check:
+        return self_check(args)
+    if not args.wasm.exists():
+        print(f"{args.wasm} is missing: build it first (make build)", file=sys.stderr)
+        return 2
+    report = run_once(args.n, args.seed, args.concurrency, args.slow_share, args.out, args.wasm, args.strict)
     print_summary(report, args.out)
-    return 1 if failed else 0
+    return 0 if report["passed"] else 1
 
 
 def print_summary(r: dict, out: Path) -> None:
