@@ -350,7 +350,7 @@ async def send_body(writer: asyncio.StreamWriter, spec: Spec, body: bytes, rng: 
             await writer.drain()
         writer.write(b"0\r\n\r\n")
         await writer.drain()
-    elif spec.send == "trickle":
+    elif spec.send == "trickle" and body:
         pieces = max(2, min(20, len(body)))
         step = -(-len(body) // pieces)
         for i in range(0, len(body), step):
@@ -448,6 +448,9 @@ class Runner:
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, OSError) as e:
             a.outcome = "reset"
             a.note = type(e).__name__
+        except Exception as e:  # noqa: BLE001 (a bug of this client must not end the run; it is counted)
+            a.outcome = "client_bug"
+            a.note = repr(e)[:200]
         elapsed = time.monotonic() - t0
         extra = b""
         if a.outcome == "complete":

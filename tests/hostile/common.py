@@ -47,11 +47,11 @@ FORGED_MARK = "forged"
 # Weather: requests come in blocks of STORM_BLOCK request ids; a block is
 # stormy with probability STORM_SHARE (from the seed). In a storm the vendor
 # draws from its whole hostile mix (about half its answers fail); in calm
-# weather failures are CALM_SCALE times as likely (about one in ten), so
+# weather failures are CALM_SCALE times as likely (about one answer in six), so
 # vendors stay mostly healthy and a failed first attempt can be rescued.
 STORM_BLOCK = 200
 STORM_SHARE = 0.3
-CALM_SCALE = 0.1
+CALM_SCALE = 0.2
 
 
 def stormy(seed: int, rid: int) -> bool:

@@ -721,6 +721,8 @@ def print_summary(r: dict, out: Path) -> None:
           f"({r['run']['seconds_total']} s total)")
     print(f"  client statuses: {c['status_classes']}; outcomes: {c['outcomes']}")
     print(f"  connection errors seen by the client: {c['connection_errors']}")
+    if c["outcomes"].get("client_bug"):
+        print(f"  WARNING: {c['outcomes']['client_bug']} exchanges hit a bug of the hostile client (see latest.json)")
     print(f"  rescued (attempts > 1): {r['rescues']['answers_with_attempts_over_1']}; "
           f"2xx from a later attempt: {r['rescues']['2xx_answers_from_a_later_attempt']}")
     e = r["envoy"]

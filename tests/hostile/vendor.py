@@ -771,6 +771,13 @@ async def main_async(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    for server in vendor.servers.values():
+        server.close()
+    # Answers still under way (hangs, mostly) end before the records close.
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
     vendor.close()
     print(f"STOPPED {vendor.count}", flush=True)
 
