@@ -486,14 +486,17 @@ def analyse(specs: dict[int, dict], results: dict[int, dict], records: list[dict
     rescued_by_records = sum(
         1 for r in res if r["answer"] and (rec := by_answer.get(r["answer"])) and rec["order"] > 0
         and 200 <= r["status"] < 300)
-    rescued_by_header = 0
+    rescued_by_header = several_any = 0
     for r in res:
         vals = r["filter_headers"].get("x-llm-failover-attempts", [])
         honest = [v for v in vals if v.isdigit() and v != "99"]
         if honest and int(honest[-1]) > 1:
-            rescued_by_header += 1
+            several_any += 1
+            rescued_by_header += 200 <= r["status"] < 300
     report["rescues"] = {
-        "answers_with_attempts_over_1": rescued_by_header,
+        "2xx_answers_with_attempts_over_1": rescued_by_header,
+        "answers_with_attempts_over_1": several_any,
+        "filter_stat_rescued": ctx.get("filter_stats", {}).get("wasmcustom.llm_failover.rescued"),
         "2xx_answers_from_a_later_attempt": rescued_by_records,
         "requests_with_several_vendor_attempts": sum(1 for v in by_rid.values() if len(v) > 1),
     }
@@ -608,7 +611,8 @@ def run_once(n: int, seed: int, concurrency: int, slow_share: float, out: Path, 
         max(0, vm_created[1] - vm_created[0]) if vm_created else 0)
     traps = len(trap_lines) + stat_signals
 
-    report = analyse(spec_dicts, results, records, {"log_lines": log_lines})
+    report = analyse(spec_dicts, results, records,
+                     {"log_lines": log_lines, "filter_stats": stats_text_to_dict(filter_stats_text)})
     report["traps"] = {
         "count": traps,
         "log_lines_matching": len(trap_lines),
@@ -723,8 +727,10 @@ def print_summary(r: dict, out: Path) -> None:
     print(f"  connection errors seen by the client: {c['connection_errors']}")
     if c["outcomes"].get("client_bug"):
         print(f"  WARNING: {c['outcomes']['client_bug']} exchanges hit a bug of the hostile client (see latest.json)")
-    print(f"  rescued (attempts > 1): {r['rescues']['answers_with_attempts_over_1']}; "
-          f"2xx from a later attempt: {r['rescues']['2xx_answers_from_a_later_attempt']}")
+    rs = r["rescues"]
+    print(f"  rescued: {rs['2xx_answers_with_attempts_over_1']} 2xx answers with x-llm-failover-attempts > 1 "
+          f"({rs['2xx_answers_from_a_later_attempt']} by the vendor's records, {rs['filter_stat_rescued']} by the "
+          f"filter's stat); {rs['answers_with_attempts_over_1']} answers of any status with attempts > 1")
     e = r["envoy"]
     print(f"  Envoy RSS: {e['rss_kib_before']} KiB before, {e['rss_kib_after']} KiB after (max {e['rss_kib_max']})")
     print("MUST BE 0:")
