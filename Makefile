@@ -2,6 +2,7 @@
 #   make run    build the filter, start Envoy with it and three mock LLM vendors
 #   make test   unit tests, lints, and end-to-end tests in real Envoy
 #   make bench  the filter's cost per request against bare Envoy
+#   make stress  load check (tests/load/README.md); not part of `make test`
 
 PYTHON     ?= python3
 VENV       := .venv
@@ -12,7 +13,7 @@ EMPTY_WASM := target/$(TARGET)/release/empty_filter.wasm
 STAMP_RUST := target/.wasm-target-installed
 STAMP_VENV := $(VENV)/.installed
 
-.PHONY: all setup build run watch break heal test unit lint e2e bench fuzz clean
+.PHONY: all setup build run watch break heal test unit lint e2e bench stress fuzz clean
 
 all: build
 
@@ -67,6 +68,14 @@ bench: setup build
 	$(VPY) bench/run.py --sse 50 --variants empty,filter --connections 16 --rounds 3 \
 		--output bench/results/sse.json $(BENCH_ARGS)
 	cargo run --quiet --release --example scan_cost
+
+# Load checks (tests/load/README.md), not part of `make test`.
+# stress: 200 connections, STRESS_REQUESTS requests over 4 workers; the shared
+#         windows must hold every outcome (no lost compare-and-swap update).
+STRESS_REQUESTS ?= 100000
+stress: setup build
+	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+	$(VPY) tests/load/stress.py --requests $(STRESS_REQUESTS) $(STRESS_ARGS)
 
 # The property tests of the stream scanner and the config parser, for longer
 # than `make test` runs them.
