@@ -454,3 +454,127 @@ def median(values: list[float]) -> float:
 
 def fmt_s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.2f} s"
+
+
+# --------------------------------------------------------------------------
+# Paced clients: a few threads, keep-alive connections, a mix of API formats
+
+
+KINDS = {
+    # name: (path, stream, model)
+    "openai": ("/v1/chat/completions", False, "claude-sonnet"),
+    "openai-stream": ("/v1/chat/completions", True, "claude-sonnet"),
+    "anthropic": ("/v1/messages", False, "claude-sonnet"),
+    "anthropic-stream": ("/v1/messages", True, "claude-sonnet"),
+    "openai-group": ("/v1/chat/completions", False, "long-doc"),  # a route group: per-model health units
+}
+
+
+def request_of(kind: str) -> tuple[str, bytes, dict]:
+    path, stream, model = KINDS[kind]
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hello in five words."}], "stream": stream}
+    headers = {"content-type": "application/json"}
+    if path.endswith("/messages"):
+        body["max_tokens"] = 64
+        headers.update({"x-api-key": "client-key", "anthropic-version": "2023-06-01"})
+    else:
+        headers["authorization"] = "Bearer client-key"
+    return path, json.dumps(body).encode(), headers
+
+
+def judge(kind: str, status: int, body: bytes) -> str | None:
+    """None if the client got a whole answer; else what went wrong."""
+    if status != 200:
+        return f"status {status}"
+    _, stream, _ = KINDS[kind]
+    if not stream:
+        return None
+    text = body.decode(errors="replace")
+    if "event: error" in text or '"error":' in text:
+        return "error event in stream"
+    if kind.startswith("openai") and "[DONE]" not in text:
+        return "stream without [DONE]"
+    if kind.startswith("anthropic") and "message_stop" not in text:
+        return "stream without message_stop"
+    return None
+
+
+class Clients:
+    """`threads` client threads sending `rate` requests/s in total to one port,
+    cycling through `kinds`. Every request is kept as
+    (start, end, kind, status, vendor header, problem)."""
+
+    def __init__(self, port: int, rate: float, threads: int, kinds: list[str], timeout: float = 30.0,
+                 name: str = "clients"):
+        import threading
+
+        self.port, self.rate, self.threads, self.kinds, self.timeout = port, rate, threads, kinds, timeout
+        self.name = name
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.records: list[tuple] = []
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"{name}-{i}", daemon=True)
+                         for i in range(threads)]
+
+    def start(self) -> "Clients":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 40.0) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(timeout)
+
+    def _run(self, i: int) -> None:
+        import http.client
+
+        interval = self.threads / self.rate
+        conn = None
+        n = i
+        next_at = time.monotonic() + interval * i / self.threads
+        while not self.stop_event.is_set():
+            delay = next_at - time.monotonic()
+            if delay > 0 and self.stop_event.wait(delay):
+                break
+            next_at = max(next_at + interval, time.monotonic() - interval)  # no burst to catch up
+            kind = self.kinds[n % len(self.kinds)]
+            n += self.threads
+            path, body, headers = request_of(kind)
+            start = time.time()
+            status, vendor, problem = 0, "", None
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                conn.request("POST", path, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                status, vendor = r.status, r.getheader("x-llm-failover-vendor", "")
+                problem = judge(kind, status, data)
+                if (r.getheader("connection") or "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as e:
+                problem = f"{type(e).__name__}"
+                if conn is not None:
+                    conn.close()
+                conn = None
+            with self.lock:
+                self.records.append((start, time.time(), kind, status, vendor, problem))
+        if conn is not None:
+            conn.close()
+
+    def snapshot(self) -> list[tuple]:
+        with self.lock:
+            return list(self.records)
+
+
+def summarize_clients(records: list[tuple], since: float | None = None, until: float | None = None) -> dict:
+    rs = [r for r in records if (since is None or r[0] >= since) and (until is None or r[0] < until)]
+    problems: dict[str, int] = {}
+    vendors: dict[str, int] = {}
+    for r in rs:
+        if r[5]:
+            problems[r[5]] = problems.get(r[5], 0) + 1
+        vendors[r[4] or "-"] = vendors.get(r[4] or "-", 0) + 1
+    return {"requests": len(rs), "errors": sum(problems.values()), "problems": problems, "served_by": vendors}
