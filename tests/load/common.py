@@ -405,6 +405,50 @@ class MockVendors:
         return self.proc is not None and self.proc.poll() is None
 
 
+class RecordPoller:
+    """Collects the mock vendors' request logs (each keeps only its last 1000
+    requests) every `interval` seconds, deduplicated (vendor, x-request-id, time):
+    (time, vendor, model asked of the vendor, value of `tag_header`)."""
+
+    def __init__(self, mock: MockVendors, vendors: list[str], interval: float, tag_header: str = ""):
+        import threading
+
+        self.mock, self.vendors, self.interval, self.tag_header = mock, vendors, interval, tag_header
+        self.seen: dict[tuple, tuple[float, str, str, str]] = {}
+        self.stop_event = threading.Event()
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, name="record-poller", daemon=True)
+
+    def poll(self) -> None:
+        for v in self.vendors:
+            for r in self.mock.records(v):
+                h = r.get("headers") or {}
+                body = r.get("body")
+                model = body.get("model", "") if isinstance(body, dict) else ""
+                # A rescue callout may carry its request's x-request-id to another vendor.
+                key = (v, h.get("x-request-id", ""), r["time"])
+                self.seen.setdefault(key, (float(r["time"]), v, str(model), h.get(self.tag_header, "")))
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                self.poll()
+            except Exception as e:  # noqa: BLE001 - reported at the end
+                self.error = repr(e)
+
+    def start(self) -> "RecordPoller":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(15)
+        self.poll()
+
+    def select(self, vendor: str, tag: str | None = None) -> list[tuple[float, str, str, str]]:
+        return sorted(r for r in self.seen.values() if r[1] == vendor and (tag is None or r[3] == tag))
+
+
 # --------------------------------------------------------------------------
 # Results
 
