@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -54,43 +53,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-class RecordPoller:
-    """Collects the dead vendor's request log from the mock every second (it
-    keeps only its last 1000 requests), deduplicated by Envoy's x-request-id."""
-
-    def __init__(self, mock: common.MockVendors, vendor: str):
-        self.mock, self.vendor = mock, vendor
-        self.seen: dict[str, tuple[float, str]] = {}
-        self.stop_event = threading.Event()
-        self.error: str | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def poll(self) -> None:
-        for r in self.mock.records(self.vendor):
-            h = r.get("headers", {})
-            rid = h.get("x-request-id") or f"{r['time']}"
-            self.seen.setdefault(rid, (float(r["time"]), h.get(REPLICA_HEADER, "?")))
-
-    def _run(self) -> None:
-        while not self.stop_event.wait(1.0):
-            try:
-                self.poll()
-            except Exception as e:  # noqa: BLE001 - reported at the end
-                self.error = repr(e)
-
-    def start(self) -> "RecordPoller":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(10)
-        self.poll()
-
-    def times(self, replica: str) -> list[float]:
-        return sorted(t for t, rep in self.seen.values() if rep == replica)
-
-
 def failures_in(detail: str) -> int | None:
     m = re.search(r"window: \d+ requests, (\d+) failures", detail)
     return int(m.group(1)) if m else None
@@ -121,7 +83,7 @@ def main(argv: list[str]) -> int:
           f"{args.rate:g} req/s per replica from {args.clients} clients ({', '.join(KINDS)})", flush=True)
 
     clients = {n: common.Clients(envoys[n].port, args.rate, args.clients, KINDS, name=n).start() for n in names}
-    poller = RecordPoller(mock, DEAD).start()
+    poller = common.RecordPoller(mock, [DEAD], 1.0, REPLICA_HEADER).start()
     try:
         time.sleep(args.warmup)
         for e in envoys.values():
@@ -159,7 +121,7 @@ def main(argv: list[str]) -> int:
         ejects = [t for t in trans if t["to"] == "open"]
         first = ejects[0] if ejects else None
         closed = [t for t in trans if t["to"] == "closed" and t["time"] > t_heal]
-        times = poller.times(n)
+        times = [r[0] for r in poller.select(DEAD, n)]
         during = [t for t in times if t_out <= t < t_heal]
         burst = [t for t in during if first and t <= first["time"] + 0.5]
         after_heal = [t for t in times if t >= t_heal]
