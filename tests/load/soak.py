@@ -292,7 +292,9 @@ def main(argv: list[str]) -> int:
     print(f"  shared_bytes: first {sb_first}, max {max(sb) if sb else None}, last {sb[-1] if sb else None}")
     print(f"  client errors: {cs['errors']:,} in all ({cs['problems']}); outside fault windows (+15 s): "
           f"{quiet_s['errors']} of {quiet_s['requests']:,}")
-    print(f"  served by: {cs['served_by']}")
+    print(f"  served by: {cs['served_by']}; filter: rescued {fs.get('rescued', 0)}, rescues_failed "
+          f"{fs.get('rescues_failed', 0)}, all_down {fs.get('all_down', 0)}, cas_retries {fs.get('cas_retries', 0)}, "
+          f"store_errors {fs.get('store_errors', 0)}")
     print(f"  wasm VMs: {vm1}; traps: {len(traps)}; state changes logged: {len(transitions)}")
     print(f"  {'vendor':<9} {'fault':<6} {'window (s)':>12} {'ejected after':>14} {'ejections':>9}  closed after heal")
     for r in rows:
