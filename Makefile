@@ -3,6 +3,7 @@
 #   make test   unit tests, lints, and end-to-end tests in real Envoy
 #   make bench  the filter's cost per request against bare Envoy
 #   make hostile  randomized hostile clients and vendors against the real .wasm in Envoy
+#   make stress / soak / fleet   load checks (tests/load/README.md); not part of `make test`
 
 PYTHON     ?= python3
 VENV       := .venv
@@ -13,7 +14,7 @@ EMPTY_WASM := target/$(TARGET)/release/empty_filter.wasm
 STAMP_RUST := target/.wasm-target-installed
 STAMP_VENV := $(VENV)/.installed
 
-.PHONY: all setup build run watch break heal test unit lint e2e hostile bench fuzz clean
+.PHONY: all setup build run watch break heal test unit lint e2e hostile bench stress soak fleet fuzz clean
 
 all: build
 
@@ -78,6 +79,25 @@ bench: setup build
 	$(VPY) bench/run.py --sse 50 --variants empty,filter --connections 16 --rounds 3 \
 		--output bench/results/sse.json $(BENCH_ARGS)
 	cargo run --quiet --release --example scan_cost
+
+# Load checks (tests/load/README.md), not part of `make test`.
+# stress: 200 connections, STRESS_REQUESTS requests over 4 workers; the shared
+#         windows must hold every outcome (no lost compare-and-swap update).
+# soak:   SOAK_MINUTES of mixed traffic and scheduled vendor faults; memory and
+#         shared data stay flat, no wasm trap, state changes follow the faults.
+# fleet:  three Envoy replicas, one outage of the preferred vendor: what each
+#         replica (and the fleet) pays to detect it.
+STRESS_REQUESTS ?= 100000
+SOAK_MINUTES    ?= 30
+stress: setup build
+	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+	$(VPY) tests/load/stress.py --requests $(STRESS_REQUESTS) $(STRESS_ARGS)
+
+soak: setup build
+	$(VPY) tests/load/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+
+fleet: setup build
+	$(VPY) tests/load/fleet.py $(FLEET_ARGS)
 
 # The property tests of the stream scanner and the config parser, for longer
 # than `make test` runs them.
