@@ -272,6 +272,10 @@ pub fn classify(seen: &Observed, failure_statuses: &StatusSet, slow: &SlowLimits
     if status == 429 {
         return Outcome::RateLimited(seen.retry_after_ms);
     }
+    // A status HTTP does not define is a broken vendor, not a client error.
+    if !(100..=599).contains(&status) {
+        return Outcome::Failure(Reason::Status(status));
+    }
     if failure_statuses.contains(status) {
         return Outcome::Failure(match status {
             401 | 403 => Reason::Auth(status),

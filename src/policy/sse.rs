@@ -217,7 +217,8 @@ impl Scanner {
         if self.ended {
             return Ending::Complete;
         }
-        if self.dialect.is_some() {
+        // A stream without a single event is no answer in any format.
+        if self.dialect.is_some() || self.events == 0 {
             Ending::Truncated
         } else {
             Ending::Unknown
@@ -652,13 +653,15 @@ data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_erro
     }
 
     #[test]
-    fn unknown_formats_get_no_verdict_unless_the_path_names_one() {
+    fn unknown_formats_get_no_verdict_unless_the_path_names_one_or_nothing_came() {
         let s = b"event: token\ndata: hello\n\nevent: token\ndata: world\n\n";
         assert_eq!(scan_whole(s), Ending::Unknown);
         let mut sc = Scanner::with_dialect(dialect_for_path(b"/v1/chat/completions"));
         sc.feed(b": nothing yet\n\n");
         assert_eq!(sc.finish(), Ending::Truncated);
-        assert_eq!(scan_whole(b""), Ending::Unknown);
+        // No event at all is no answer, whatever the format.
+        assert_eq!(scan_whole(b""), Ending::Truncated);
+        assert_eq!(scan_whole(b": keep-alive\n\n"), Ending::Truncated);
         // An error is an error in any format.
         assert_eq!(scan_whole(b"event: error\ndata: {}\n\n"), err("error"));
     }
