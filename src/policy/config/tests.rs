@@ -1270,3 +1270,24 @@ fn too_many_vendors_are_refused() {
     let json = format!(r#"{{"vendors":[{}]}}"#, vendors.join(","));
     assert_eq!(field_of(&json), "vendors");
 }
+
+#[test]
+fn formats_by_path_whatever_the_case_trailing_slash_or_query() {
+    for (path, format) in [
+        (&b"/v1/chat/completions"[..], Some(Format::OpenAi)),
+        (b"/V1/CHAT/COMPLETIONS", Some(Format::OpenAi)),
+        (b"/v1/chat/completions/", Some(Format::OpenAi)),
+        (
+            b"/openai/deployments/x/chat/completions?api-version=2024-01-01",
+            Some(Format::OpenAi),
+        ),
+        (b"/v1/messages//", Some(Format::Anthropic)),
+        (b"/v1/Messages?beta=true", Some(Format::Anthropic)),
+        (b"/v1/responses", None),
+        (b"/", None),
+        (b"", None),
+        (b"/messages-archive", None),
+    ] {
+        assert_eq!(Format::of_path(path), format, "{}", String::from_utf8_lossy(path));
+    }
+}

@@ -52,11 +52,23 @@ impl Format {
     }
 
     /// The format a request path speaks, if any.
+    /// Letter case, a trailing `/` and the query do not change it: a
+    /// client must not get around the model maps by writing the path
+    /// another way a vendor may still accept.
     pub fn of_path(path: &[u8]) -> Option<Format> {
-        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-        if path.ends_with(b"/chat/completions") {
+        let mut path = path.split(|&b| b == b'?' || b == b'#').next().unwrap_or_default();
+        while let [rest @ .., b'/'] = path {
+            path = rest;
+        }
+        let ends_with = |suffix: &[u8]| {
+            path.len() >= suffix.len()
+                && path
+                    .get(path.len() - suffix.len()..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+        };
+        if ends_with(b"/chat/completions") {
             Some(Format::OpenAi)
-        } else if path.ends_with(b"/messages") {
+        } else if ends_with(b"/messages") {
             Some(Format::Anthropic)
         } else {
             None
