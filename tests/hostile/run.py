@@ -601,7 +601,7 @@ def run_once(n: int, seed: int, concurrency: int, slow_share: float, out: Path, 
         route_idle_timeout=ROUTE_IDLE_TIMEOUT,
         env=env,
     )
-    envoy = Envoy(config, concurrency=2, workdir=work / "envoy")
+    envoy = Envoy(config, concurrency=2, workdir=work / "envoy", log_level=os.environ.get("HOSTILE_WASM_LOG", "info"))
     try:
         envoy.start()
         print(f"hostile: {n} requests, seed {seed}, concurrency {concurrency}, {wasm.name}; "
