@@ -294,3 +294,35 @@ def test_a_request_every_vendor_fails_ejects_no_vendor_that_serves_others(vendor
     assert status == 200
     assert envoy.stats()["wasmcustom.llm_failover.all_down"] == 0, "never forced"
     assert envoy.vendor_stat("openai", "ejections") == envoy.vendor_stat("xai", "ejections") == 0
+
+
+def rss_kib(envoy) -> int:
+    for line in open(f"/proc/{envoy.proc.pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_rescued_answer_too_large_to_hold_is_not_held(vendors, raw, gateway):
+    """Eight requests at once whose rescue answers 10 MB each: none is read
+    into a VM (whose memory never shrinks); each client gets a 502 in its
+    format. Prints the RSS figure for the README."""
+    vendors.set_fault("anthropic", mode="status", status=503)
+    raw.play([response(200, {"content-type": "application/json"}, b'{"x":"' + b"z" * 10_000_000 + b'"}')])
+    envoy = gateway(ports={"openai": raw.port}, trip={"min_requests": 1000, "failure_ratio": 1.0, "consecutive_failures": 0})
+    post(envoy, "/v1/chat/completions", b'{"model":"m","messages":[]}')
+    before = rss_kib(envoy)
+    results = []
+
+    def one():
+        results.append(post(envoy, "/v1/chat/completions", b'{"model":"m","messages":[]}', timeout=30))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = rss_kib(envoy)
+    assert [r[0] for r in results] == [502] * 8, [r[2][:200] for r in results]
+    assert all(json.loads(r[2])["error"]["code"] == "answer_too_large" for r in results)
+    print(f"\nRSS with 8 rescued 10 MB answers at once: {before} KiB before, {after} KiB after (+{(after - before) / 1024:.1f} MiB)")
