@@ -85,11 +85,12 @@ impl Sim {
     }
 }
 
-/// The health scenarios watch one attempt per request: rescue is off.
+/// The health scenarios watch one attempt per request (rescue is off), and
+/// each vendor as a whole (one unit for all its models).
 const DEMO: &str = r#"{"vendors":[
-    {"name":"anthropic","priority":0},
-    {"name":"openai","priority":1},
-    {"name":"xai","priority":2}],
+    {"name":"anthropic","priority":0,"model_units":0},
+    {"name":"openai","priority":1,"model_units":0},
+    {"name":"xai","priority":2,"model_units":0}],
     "rescue":{"max_attempts":1}}"#;
 
 /// anthropic returns 529 from 10 s to 20 s; four workers share 20 requests/s.

@@ -260,9 +260,11 @@ mod tests {
         let mut f = Flight::new(Some(Format::OpenAi), stream, candidates, 0, &c.rescue);
         f.start(Attempt {
             unit: UnitId(0),
+            planned: UnitId(0),
             vendor: VendorId(0),
             ticket: None,
             forced: false,
+            owner: None,
         });
         f
     }
@@ -334,9 +336,11 @@ mod tests {
         let mut f = flight(&c, false);
         f.start(Attempt {
             unit: UnitId(1),
+            planned: UnitId(1),
             vendor: VendorId(1),
             ticket: None,
             forced: false,
+            owner: None,
         });
         assert_eq!(at_headers(&head(503), &f, &c, &mut || 0, &mut || 7), AtHeaders::Pass);
         // ... and past the deadline neither.
@@ -365,9 +369,11 @@ mod tests {
         let first = f.plan[0].unit;
         f.start(Attempt {
             unit: first,
+            planned: first,
             vendor: VendorId(0),
             ticket: None,
             forced: false,
+            owner: None,
         });
         assert_eq!(at_headers(&head(400), &f, &c, &mut || 0, &mut || 1), AtHeaders::Inspect);
         let plain = flight(&config(), false);

@@ -31,6 +31,8 @@ pub enum Choice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Due {
     pub unit: UnitId,
+    /// The candidate's unit it stands for (see `Attempt::planned`).
+    pub planned: UnitId,
     pub vendor: VendorId,
     pub due_ms: u64,
 }
@@ -153,12 +155,13 @@ pub fn choose<S: Store + ?Sized>(
         let this_level = untried.get(start..end).unwrap_or(&[]);
         start = end;
 
-        let mut standing: Vec<(&Candidate, Standing)> = Vec::with_capacity(this_level.len());
+        let mut standing: Vec<(&Candidate, UnitId, Option<u64>, Standing)> = Vec::with_capacity(this_level.len());
         for &c in this_level {
             if skips(worker, c) {
                 continue;
             }
-            let (unit, vendor) = (c.unit, c.vendor);
+            let (unit, owner) = slot_or_vendor(c, shared, &mut clock, worker);
+            let vendor = c.vendor;
             let Some(key) = keys.get(unit) else {
                 continue;
             };
@@ -169,6 +172,7 @@ pub fn choose<S: Store + ?Sized>(
                     if until != 0 && clock.now() < until {
                         due.push(Due {
                             unit,
+                            planned: c.unit,
                             vendor,
                             due_ms: until,
                         });
@@ -186,6 +190,7 @@ pub fn choose<S: Store + ?Sized>(
                     if let Phase::Open { until_ms } = cached.state.phase {
                         due.push(Due {
                             unit,
+                            planned: c.unit,
                             vendor,
                             due_ms: until_ms,
                         });
@@ -204,7 +209,12 @@ pub fn choose<S: Store + ?Sized>(
                             Availability::Routable(t) => Some(Standing::Healthy(Some(t))),
                             Availability::Probe => Some(Standing::Probe),
                             Availability::Unavailable { due_ms } => {
-                                due.push(Due { unit, vendor, due_ms });
+                                due.push(Due {
+                                    unit,
+                                    planned: c.unit,
+                                    vendor,
+                                    due_ms,
+                                });
                                 None
                             }
                         }
@@ -212,20 +222,22 @@ pub fn choose<S: Store + ?Sized>(
                 },
             };
             if let Some(judged) = judged {
-                standing.push((c, judged));
+                standing.push((c, unit, owner, judged));
             }
         }
         while !standing.is_empty() {
             let pick = weighted_pick(&standing, &mut worker.turn);
-            let Some(&(c, judged)) = standing.get(pick) else {
+            let Some(&(c, unit, owner, judged)) = standing.get(pick) else {
                 break;
             };
             let route = |ticket, transition| Choice::Route {
                 attempt: Attempt {
-                    unit: c.unit,
+                    unit,
+                    planned: c.unit,
                     vendor: c.vendor,
                     ticket,
                     forced: false,
+                    owner,
                 },
                 transition,
             };
@@ -233,7 +245,8 @@ pub fn choose<S: Store + ?Sized>(
                 Standing::Healthy(ticket) => return route(ticket, None),
                 Standing::Probe if !ask.claim_probes => {
                     due.push(Due {
-                        unit: c.unit,
+                        unit,
+                        planned: c.unit,
                         vendor: c.vendor,
                         due_ms: clock.now(),
                     });
@@ -241,18 +254,19 @@ pub fn choose<S: Store + ?Sized>(
                 }
                 Standing::Probe => {
                     let now = clock.now();
-                    let key = keys.get(c.unit).map(String::as_str).unwrap_or_default();
+                    let key = keys.get(unit).map(String::as_str).unwrap_or_default();
                     let claimed = store::update(store, key, rules.window, |s| s.claim_probe(now, rules));
                     if let Ok(done) = claimed {
                         let claim = done.result;
-                        worker.view.put(c.unit, done.state, now);
+                        worker.view.put(unit, done.state, now);
                         if let Some((ticket, transition)) = claim {
                             return route(Some(ticket), transition);
                         }
                     }
                     // Another worker took the last slot: it is being probed.
                     due.push(Due {
-                        unit: c.unit,
+                        unit,
+                        planned: c.unit,
                         vendor: c.vendor,
                         due_ms: now,
                     });
@@ -274,16 +288,26 @@ pub fn choose<S: Store + ?Sized>(
         AllDown::Soonest => {
             // `due` is in preference order, and min_by_key keeps the first of
             // equals, so ties go to the preferred candidate.
-            let soonest = due.iter().min_by_key(|d| d.due_ms).map(|d| (d.unit, d.vendor));
-            let (unit, vendor) = soonest
-                .or_else(|| untried.iter().find(|c| !skips(worker, c)).map(|c| (c.unit, c.vendor)))
-                .unwrap_or((UnitId(0), VendorId(0)));
+            let soonest = due
+                .iter()
+                .min_by_key(|d| d.due_ms)
+                .map(|d| (d.unit, d.planned, d.vendor));
+            let (unit, planned, vendor) = soonest
+                .or_else(|| {
+                    untried
+                        .iter()
+                        .find(|c| !skips(worker, c))
+                        .map(|c| (c.unit, c.unit, c.vendor))
+                })
+                .unwrap_or((UnitId(0), UnitId(0), VendorId(0)));
             Choice::Route {
                 attempt: Attempt {
                     unit,
+                    planned,
                     vendor,
                     ticket: None,
                     forced: true,
+                    owner: None,
                 },
                 transition: None,
             }
@@ -291,22 +315,59 @@ pub fn choose<S: Store + ?Sized>(
     }
 }
 
+/// The unit a candidate is judged and recorded under: a model slot, while
+/// no other model holds it; else its vendor's own unit.
+fn slot_or_vendor<S: Store + ?Sized>(
+    c: &Candidate,
+    shared: &Shared<S>,
+    clock: &mut LazyClock,
+    worker: &mut Worker,
+) -> (UnitId, Option<u64>) {
+    let Some(owner) = c.owner else {
+        return (c.unit, None);
+    };
+    let held_by_another = match worker.view.get(c.unit) {
+        Some(cached) => {
+            let st = &cached.state;
+            st.owner != owner && st.owner != 0 && !st.is_free(clock.now(), shared.rules)
+        }
+        None => match shared
+            .keys
+            .get(c.unit)
+            .map(|k| store::load(shared.store, k, shared.rules.window))
+        {
+            Some(Ok(loaded)) => {
+                let now = clock.now();
+                let another = !loaded.state.serves(owner, now, shared.rules);
+                worker.view.put(c.unit, loaded.state, now);
+                another
+            }
+            _ => false,
+        },
+    };
+    if held_by_another {
+        (c.vendor.pass_through(), None)
+    } else {
+        (c.unit, Some(owner))
+    }
+}
+
 /// Smooth-enough weighted round robin: turn `n` lands on the candidate whose
 /// cumulative weight range holds `n mod total`.
-fn weighted_pick(standing: &[(&Candidate, Standing)], turn: &mut u64) -> usize {
-    let Some(((first, _), rest)) = standing.split_first() else {
+fn weighted_pick(standing: &[(&Candidate, UnitId, Option<u64>, Standing)], turn: &mut u64) -> usize {
+    let Some(((first, ..), rest)) = standing.split_first() else {
         return 0;
     };
     if rest.is_empty() {
         return 0;
     }
     // Weights are never zero, so neither is their sum.
-    let total = rest.iter().fold(NonZeroU64::from(first.weight), |sum, (c, _)| {
+    let total = rest.iter().fold(NonZeroU64::from(first.weight), |sum, (c, ..)| {
         sum.saturating_add(u64::from(c.weight.get()))
     });
     let mut slot = *turn % total;
     *turn = turn.wrapping_add(1);
-    for (i, (c, _)) in standing.iter().enumerate() {
+    for (i, (c, ..)) in standing.iter().enumerate() {
         let w = u64::from(c.weight.get());
         if slot < w {
             return i;
@@ -598,11 +659,13 @@ mod tests {
                 due: vec![
                     Due {
                         unit: UnitId(1),
+                        planned: UnitId(1),
                         vendor: VendorId(1),
                         due_ms: 20_000
                     },
                     Due {
                         unit: UnitId(0),
+                        planned: UnitId(0),
                         vendor: VendorId(0),
                         due_ms: 30_000
                     }

@@ -2,8 +2,8 @@
 //!
 //! Fixed little-endian layout, a format version and a checksum: a blob from
 //! another layout, another window shape or a corrupted write is detected and
-//! replaced by a fresh state, never trusted. 68 bytes plus 12 per bucket
-//! (192 bytes for the default 10 buckets).
+//! replaced by a fresh state, never trusted. 84 bytes plus 12 per bucket
+//! (208 bytes for the default 10 buckets).
 //!
 //! ```text
 //!  0  magic "LF", format version (u8)
@@ -12,8 +12,10 @@
 //! 20  closed_at_ms (u64)
 //! 28  phase data: until_ms / last_probe_ms (u64), taken, successes (u32)
 //! 44  rate-limit cooldown until (u64)
-//! 52  window: bucket_ms (u32), buckets (u32), head (u64)
-//! 68  buckets: successes, failures, slow (u32 each)
+//! 52  owner: the requested model a model slot serves (u64 hash; 0: none)
+//! 60  touched_ms: the last write (u64)
+//! 68  window: bucket_ms (u32), buckets (u32), head (u64)
+//! 84  buckets: successes, failures, slow (u32 each)
 //!  .  FNV-1a 32 of everything before it (u32)
 //! ```
 
@@ -22,9 +24,9 @@ use crate::policy::health::{Phase, VendorState};
 use crate::policy::window::{Bucket, Window};
 use std::fmt;
 
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 const MAGIC: [u8; 2] = *b"LF";
-const HEADER_LEN: usize = 68;
+const HEADER_LEN: usize = 84;
 
 /// Why a stored blob was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,8 @@ pub fn encode(state: &VendorState) -> Vec<u8> {
     out.extend_from_slice(&b.to_le_bytes());
     out.extend_from_slice(&c.to_le_bytes());
     out.extend_from_slice(&state.cooldown_until_ms.to_le_bytes());
+    out.extend_from_slice(&state.owner.to_le_bytes());
+    out.extend_from_slice(&state.touched_ms.to_le_bytes());
     out.extend_from_slice(&(spec.bucket_ms.get().min(u64::from(u32::MAX)) as u32).to_le_bytes());
     out.extend_from_slice(&spec.buckets.get().to_le_bytes());
     out.extend_from_slice(&state.window.head().to_le_bytes());
@@ -116,6 +120,8 @@ pub fn decode(bytes: &[u8], spec: WindowSpec) -> Result<VendorState, DecodeError
     let b = r.u32()?;
     let c = r.u32()?;
     let cooldown_until_ms = r.u64()?;
+    let owner = r.u64()?;
+    let touched_ms = r.u64()?;
     let phase = match tag {
         0 => Phase::Closed,
         1 => Phase::Open { until_ms: a },
@@ -153,6 +159,8 @@ pub fn decode(bytes: &[u8], spec: WindowSpec) -> Result<VendorState, DecodeError
         consecutive_failures,
         ejections,
         cooldown_until_ms,
+        owner,
+        touched_ms,
         window,
     })
 }
@@ -238,7 +246,7 @@ mod tests {
             s.phase = phase;
             let blob = encode(&s);
             assert_eq!(blob.len(), encoded_len(10));
-            assert_eq!(blob.len(), 192);
+            assert_eq!(blob.len(), 208);
             assert_eq!(decode(&blob, SPEC), Ok(s));
         }
     }
@@ -265,7 +273,7 @@ mod tests {
         longer.push(0);
         assert!(decode(&longer, SPEC).is_err());
         assert!(decode(b"{\"state\":\"closed\"}", SPEC).is_err());
-        assert!(decode(&[0xff; 192], SPEC).is_err());
+        assert!(decode(&[0xff; 208], SPEC).is_err());
     }
 
     #[test]
@@ -280,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_zero_window_shape_is_corrupt_even_with_a_good_checksum() {
-        for at in [52, 56] {
+        for at in [68, 72] {
             let mut blob = encode(&busy_state());
             blob[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
             let body = blob.len() - 4;

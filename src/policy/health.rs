@@ -147,6 +147,10 @@ pub struct VendorState {
     /// from the phase: a 429 neither counts as a failure nor lengthens an
     /// ejection.
     pub cooldown_until_ms: u64,
+    /// For a model slot: the requested model it serves now (a hash; 0: none).
+    pub owner: u64,
+    /// The last write, so an idle model slot can be taken over.
+    pub touched_ms: u64,
     pub window: Window,
 }
 
@@ -199,6 +203,17 @@ impl fmt::Display for Transition {
     }
 }
 
+/// What claiming a model slot found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The model held it already.
+    Held,
+    /// It was free and is the model's now, afresh.
+    Taken,
+    /// Another model holds it.
+    Refused,
+}
+
 /// Whether a vendor can take a request right now, judged without writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Availability {
@@ -220,6 +235,8 @@ impl VendorState {
             consecutive_failures: 0,
             ejections: 0,
             cooldown_until_ms: 0,
+            owner: 0,
+            touched_ms: 0,
             window: Window::new(window),
         }
     }
@@ -236,6 +253,41 @@ impl VendorState {
             Phase::Closed if self.rate_limited_at(now_ms) => PhaseKind::RateLimited,
             p => p.kind(),
         }
+    }
+
+    /// Whether a model slot holds nothing worth keeping, so another model
+    /// may take it: closed, not rate-limited, nothing in its window, no run
+    /// of failures; or untouched for longer than a window and the longest
+    /// ejection (whatever it held has run out).
+    pub fn is_free(&self, now_ms: u64, rules: &Rules) -> bool {
+        let idle = rules.window.length_ms().max(rules.ejection.max_ms);
+        let empty = self.phase == Phase::Closed
+            && !self.rate_limited_at(now_ms)
+            && self.consecutive_failures == 0
+            && self.window.totals(now_ms).requests() == 0;
+        empty || self.touched_ms.saturating_add(idle) < now_ms
+    }
+
+    /// Whether the model with hash `owner` may use this model slot now.
+    pub fn serves(&self, owner: u64, now_ms: u64, rules: &Rules) -> bool {
+        self.owner == owner || self.owner == 0 || self.is_free(now_ms, rules)
+    }
+
+    /// Makes this model slot `owner`'s: kept as it is if it already is,
+    /// started afresh if it was free (a new generation: what the previous
+    /// model had in flight no longer counts here).
+    pub fn claim_slot(&mut self, owner: u64, now_ms: u64, rules: &Rules) -> Claim {
+        if self.owner == owner {
+            return Claim::Held;
+        }
+        if !self.serves(owner, now_ms, rules) {
+            return Claim::Refused;
+        }
+        let generation = self.generation.wrapping_add(1);
+        *self = VendorState::new(self.window.spec());
+        self.generation = generation;
+        self.owner = owner;
+        Claim::Taken
     }
 
     /// Closed, with no failure in the window and no run of failures: see

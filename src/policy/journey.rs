@@ -172,11 +172,11 @@ pub struct Intake {
 }
 
 /// Whether any request needs its body read before routing: model routing,
-/// rewriting or rescue is configured.
+/// rewriting, rescue or per-model health (model units) is configured.
 pub fn reads_bodies(config: &Config) -> bool {
     config.rescue.max_attempts.get() > 1
         || !config.groups.is_empty()
-        || config.vendors.values().any(|v| v.models.is_some())
+        || config.vendors.values().any(|v| v.models.is_some() || v.model_units > 0)
 }
 
 /// Whether a request whose body is too large to read may still be routed
@@ -249,7 +249,7 @@ mod tests {
         );
         assert!(!intake(&arrival(Some(Format::OpenAi), Some(1), false), max, false).hold);
         // Nothing needs the body: rescue off, no groups, no model maps.
-        let plain = config(r#"{"vendors":[{"name":"a"}],"rescue":{"max_attempts":1}}"#);
+        let plain = config(r#"{"vendors":[{"name":"a","model_units":0}],"rescue":{"max_attempts":1}}"#);
         assert!(!reads_bodies(&plain));
         assert!(reads_bodies(&c));
     }
@@ -312,9 +312,11 @@ mod tests {
         );
         j.flight.start(crate::policy::plan::Attempt {
             unit: UnitId(0),
+            planned: UnitId(0),
             vendor: VendorId(0),
             ticket: None,
             forced: false,
+            owner: None,
         });
         assert!(!j.first_token_late(1_499));
         assert!(j.first_token_late(1_500));

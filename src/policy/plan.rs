@@ -1,11 +1,13 @@
 //! A request's candidates (which units may serve it, in which order, asked how) and its attempts.
 //!
-//! A requested model that a route group lists gets that group's targets, in
-//! the group's order. Any other request goes to every vendor that serves
-//! its API format, by priority and weight; a vendor with a model map serves
-//! only the models it maps (or every model, through a `"*"` entry).
+//! A requested model that a route group lists (by name, by a `prefix*`
+//! pattern, or through `*`) gets that group's targets, in the group's order.
+//! Any other request goes to every vendor that serves its API format, by
+//! priority and weight; a vendor with a model map serves only the models it
+//! maps (or every model, through a `"*"` entry). A vendor that passes models
+//! through keeps each requested model's health in one of its model slots.
 
-use crate::policy::config::{Config, Format, UnitId, VendorId};
+use crate::policy::config::{model_hash, Config, Format, Group, UnitId, VendorId};
 use crate::policy::health::Ticket;
 use std::num::NonZeroU32;
 
@@ -24,19 +26,28 @@ pub struct Candidate {
     /// The path to send; `None`: the client's.
     pub path: Option<String>,
     pub context_window: Option<u64>,
+    /// For a model slot unit: the requested model it is for (its hash); the
+    /// slot serves it only while no other model holds it.
+    pub owner: Option<u64>,
 }
 
 /// A candidate tried: where a request went, carried until its outcome is
 /// recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
+    /// The unit its outcome is recorded under: the candidate's, or its
+    /// vendor's own when another model holds the candidate's model slot.
     pub unit: UnitId,
+    /// The candidate's unit, as planned.
+    pub planned: UnitId,
     pub vendor: VendorId,
     /// `None` when the outcome must not feed the unit's health: the request
     /// was forced onto an ejected unit, or its state could not be read.
     pub ticket: Option<Ticket>,
     /// Every candidate was ejected and the request was sent anyway.
     pub forced: bool,
+    /// For a model slot unit: the requested model's hash (see `Candidate`).
+    pub owner: Option<u64>,
 }
 
 /// Why no vendor serves a request.
@@ -44,6 +55,30 @@ pub struct Attempt {
 pub enum Unserved {
     /// No vendor serves this model in this API format.
     Model(String),
+}
+
+/// The route group a requested model belongs to: one that names it, else
+/// the one with the longest `prefix*` pattern it matches, else one with `*`.
+pub fn group_of<'a>(config: &'a Config, model: &str) -> Option<&'a Group> {
+    let mut best: Option<(&Group, usize)> = None;
+    for g in &config.groups {
+        for pattern in &g.models {
+            let score = if pattern == model {
+                usize::MAX
+            } else if let Some(prefix) = pattern.strip_suffix('*') {
+                if !model.starts_with(prefix) {
+                    continue;
+                }
+                prefix.len()
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((g, score));
+            }
+        }
+    }
+    best.map(|(g, _)| g)
 }
 
 /// The candidates for a request in `format` (if it is one the filter
@@ -57,7 +92,7 @@ pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Res
         }
     };
     let mut out = Vec::new();
-    if let Some(group) = model.and_then(|m| config.groups.iter().find(|g| g.models.iter().any(|gm| gm == m))) {
+    if let Some(group) = model.and_then(|m| group_of(config, m)) {
         for (level, t) in group.targets.iter().enumerate() {
             let Some(path) = path_for(t.vendor) else { continue };
             out.push(Candidate {
@@ -68,34 +103,36 @@ pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Res
                 model: t.model.clone(),
                 path,
                 context_window: t.context_window,
+                owner: None,
             });
         }
     } else {
         for &vendor in &config.by_preference {
             let Some(v) = config.vendors.get(vendor) else { continue };
             let Some(path) = path_for(vendor) else { continue };
-            let mapped = match (&v.models, model) {
-                (None, _) | (Some(_), None) => None,
+            let (mapped, window) = match (&v.models, model) {
+                (None, _) | (Some(_), None) => (None, v.context_window),
                 (Some(map), Some(m)) => {
                     let hit = map
                         .iter()
-                        .find(|(from, _)| from == m)
-                        .or_else(|| map.iter().find(|(from, _)| from == "*"));
+                        .find(|x| x.requested == m)
+                        .or_else(|| map.iter().find(|x| x.requested == "*"));
                     match hit {
-                        Some((_, to)) => Some(to.clone()),
+                        Some(x) => (Some(x.model.clone()), x.context_window.or(v.context_window)),
                         None => continue, // this vendor does not serve the model
                     }
                 }
             };
-            let unit = match &mapped {
-                None => vendor.pass_through(),
-                Some(m) => match config
-                    .units
-                    .position(|u| u.vendor == vendor && u.model.as_ref() == Some(m))
-                {
-                    Some(u) => u,
+            let (unit, owner) = match (&mapped, model) {
+                (Some(m), _) => match config.unit_of(vendor, m) {
+                    Some(u) => (u, None),
                     None => continue,
                 },
+                (None, Some(m)) if v.models.is_none() => match config.model_slot(vendor, m) {
+                    Some(slot) => (slot, Some(model_hash(m))),
+                    None => (vendor.pass_through(), None),
+                },
+                (None, _) => (vendor.pass_through(), None),
             };
             out.push(Candidate {
                 unit,
@@ -104,7 +141,8 @@ pub fn plan(config: &Config, format: Option<Format>, model: Option<&str>) -> Res
                 weight: v.weight,
                 model: mapped,
                 path,
-                context_window: None,
+                context_window: window,
+                owner,
             });
         }
     }
@@ -129,7 +167,8 @@ pub fn default_candidates(config: &Config) -> Vec<Candidate> {
                 weight: v.weight,
                 model: None,
                 path: None,
-                context_window: None,
+                context_window: v.context_window,
+                owner: None,
             })
         })
         .collect()
@@ -202,12 +241,64 @@ mod tests {
         // anthropic maps no "grok-4" and has no "*": not tried for it.
         let p = plan(&c, Some(Format::OpenAi), Some("grok-4")).unwrap();
         assert_eq!(names(&c, &p), ["openai:gpt-4.1", "xai:="]);
-        // Units: a mapped model has its own; pass-through uses the vendor's.
+        // Units: a mapped model has its own; a passed-through one a model
+        // slot of its vendor, which it holds while it uses it.
         let p = plan(&c, Some(Format::OpenAi), Some("claude-sonnet")).unwrap();
-        let units: Vec<_> = p.iter().map(|x| c.units[x.unit].model.clone()).collect();
+        let units: Vec<_> = p
+            .iter()
+            .map(|x| (c.units[x.unit].model.clone(), c.units[x.unit].slot))
+            .collect();
+        let slot = (crate::policy::config::model_hash("claude-sonnet") % 8) as u32;
         assert_eq!(
             units,
-            [Some("claude-sonnet-4-5".to_string()), Some("gpt-4.1".to_string()), None]
+            [
+                (Some("claude-sonnet-4-5".to_string()), None),
+                (Some("gpt-4.1".to_string()), None),
+                (None, Some(slot))
+            ]
+        );
+        assert_eq!(p[2].owner, Some(crate::policy::config::model_hash("claude-sonnet")));
+        assert_eq!(p[0].owner, None);
+    }
+
+    #[test]
+    fn group_patterns_and_context_windows_without_groups() {
+        let c = config(
+            r#"{"vendors":[
+                {"name":"a","context_window":8000,"models":{"big":{"model":"a-big","context_window":200000},"*":"a-small"}},
+                {"name":"b","priority":1,"context_window":128000}],
+              "groups":[
+                {"models":["gpt-4*"],"targets":[{"vendor":"b"}]},
+                {"models":["gpt-4o-mini"],"targets":[{"vendor":"a"}]},
+                {"models":["*"],"targets":[{"vendor":"a","model":"a-small"},{"vendor":"b"}]}]}"#,
+        );
+        let vendors = |m: &str| -> Vec<String> {
+            plan(&c, Some(Format::OpenAi), Some(m))
+                .unwrap()
+                .iter()
+                .map(|x| c.vendors[x.vendor].name.clone())
+                .collect()
+        };
+        assert_eq!(vendors("gpt-4.1"), ["b"], "prefix pattern");
+        assert_eq!(vendors("gpt-4o-mini"), ["a"], "a name beats a pattern");
+        assert_eq!(vendors("llama"), ["a", "b"], "* catches the rest");
+        let c = config(
+            r#"{"vendors":[
+                {"name":"a","context_window":8000,"models":{"big":{"model":"a-big","context_window":200000},"*":"a-small"}},
+                {"name":"b","priority":1,"context_window":128000}]}"#,
+        );
+        let windows = |m: &str| -> Vec<Option<u64>> {
+            plan(&c, Some(Format::OpenAi), Some(m))
+                .unwrap()
+                .iter()
+                .map(|x| x.context_window)
+                .collect()
+        };
+        assert_eq!(windows("big"), [Some(200_000), Some(128_000)]);
+        assert_eq!(
+            windows("other"),
+            [Some(8_000), Some(128_000)],
+            "the vendor's window where the entry has none"
         );
     }
 
@@ -230,7 +321,9 @@ mod tests {
 
     #[test]
     fn plain_configs_plan_like_before() {
-        let c = config(r#"{"vendors":[{"name":"a"},{"name":"b","priority":1,"weight":3}]}"#);
+        let c = config(
+            r#"{"vendors":[{"name":"a","model_units":0},{"name":"b","priority":1,"weight":3,"model_units":0}]}"#,
+        );
         let p = plan(&c, Some(Format::OpenAi), Some("anything")).unwrap();
         assert_eq!(p, default_candidates(&c));
     }

@@ -171,11 +171,13 @@ mod tests {
         let due = [
             Due {
                 unit: UnitId(1),
+                planned: UnitId(1),
                 vendor: VendorId(1),
                 due_ms: 12_001,
             },
             Due {
                 unit: UnitId(0),
+                planned: UnitId(0),
                 vendor: VendorId(0),
                 due_ms: 30_000,
             },
@@ -197,6 +199,7 @@ mod tests {
         let config = Config::parse(br#"{"vendors":[{"name":"a"},{"name":"b"}]}"#).unwrap();
         let due = [Due {
             unit: UnitId(1),
+            planned: UnitId(1),
             vendor: VendorId(1),
             due_ms: 4_000,
         }];
@@ -243,6 +246,7 @@ mod tests {
         let config = Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap();
         let due = [Due {
             unit: UnitId(0),
+            planned: UnitId(0),
             vendor: VendorId(0),
             due_ms: 5,
         }];

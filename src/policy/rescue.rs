@@ -72,11 +72,11 @@ impl Flight {
     /// The candidate the current attempt tries.
     pub fn current_candidate(&self) -> Option<&Candidate> {
         let a = self.current()?;
-        self.plan.iter().find(|c| c.unit == a.unit && c.vendor == a.vendor)
+        self.plan.iter().find(|c| c.unit == a.planned && c.vendor == a.vendor)
     }
 
     pub fn tried_units(&self) -> Vec<UnitId> {
-        self.attempts.iter().map(|a| a.unit).collect()
+        self.attempts.iter().map(|a| a.planned).collect()
     }
 
     /// Records an attempt about to be made on one of the candidates; the
@@ -85,7 +85,7 @@ impl Flight {
         let at = self
             .plan
             .iter()
-            .position(|c| c.unit == attempt.unit && c.vendor == attempt.vendor)?;
+            .position(|c| c.unit == attempt.planned && c.vendor == attempt.vendor)?;
         self.attempts.push(attempt);
         self.plan.get(at)
     }
@@ -101,7 +101,7 @@ impl Flight {
         let floor = self.current_candidate().and_then(|p| p.context_window);
         self.plan
             .iter()
-            .filter(|p| !self.attempts.iter().any(|a| a.unit == p.unit))
+            .filter(|p| !self.attempts.iter().any(|a| a.planned == p.unit))
             .filter(move |p| match why {
                 Move::Failure => true,
                 Move::ContextOverflow => match (p.context_window, floor) {
@@ -185,15 +185,18 @@ mod tests {
             model: None,
             path: None,
             context_window: window,
+            owner: None,
         }
     }
 
     fn attempt(unit: usize) -> Attempt {
         Attempt {
             unit: UnitId(unit),
+            planned: UnitId(unit),
             vendor: VendorId(unit),
             ticket: None,
             forced: false,
+            owner: None,
         }
     }
 

@@ -365,6 +365,6 @@ mod tests {
 
     #[test]
     fn key_carries_the_format_version() {
-        assert_eq!(vendor_key("openai", SPEC), "llm_failover.v2.openai.1000msx10");
+        assert_eq!(vendor_key("openai", SPEC), "llm_failover.v3.openai.1000msx10");
     }
 }

@@ -4,8 +4,8 @@ use crate::policy::batch::Batch;
 use crate::policy::choice::{self, Ask, Choice, Shared, Worker};
 use crate::policy::classify::{Outcome, Reason};
 use crate::policy::codec;
-use crate::policy::config::{AllDown, Config, Format, Table, UnitId, VendorId};
-use crate::policy::health::{PhaseKind, Rules, Transition, VendorState};
+use crate::policy::config::{model_hash, AllDown, Config, Format, Table, Unit, UnitId, VendorId};
+use crate::policy::health::{Claim, PhaseKind, Rules, Transition, VendorState};
 use crate::policy::journey::{self, BodyAccess, JourneyRef, Stage};
 use crate::policy::notify;
 use crate::policy::plan::{Attempt, Candidate};
@@ -51,7 +51,12 @@ pub struct Plugin<H: Host> {
     pub body_access: Cell<BodyAccess>,
     /// Whether any request needs its body read before routing.
     pub reads_bodies: bool,
+    /// Requested models' names by hash, for log lines (see `note_model`).
+    model_names: RefCell<Vec<(u64, String)>>,
 }
+
+/// How many requested models' names a worker keeps for its log lines.
+const MODEL_NAMES_KEPT: usize = 64;
 
 impl<H: Host> Plugin<H> {
     pub fn new(host: H, config: Config) -> Result<Self, String> {
@@ -61,7 +66,7 @@ impl<H: Host> Plugin<H> {
         let keys = config
             .units
             .values()
-            .map(|u| store::vendor_key(&unit_name(&config, u.vendor, u.model.as_deref()), config.window))
+            .map(|u| store::vendor_key(&unit_name(&config, u), config.window))
             .collect();
         let vendor_stats = config
             .vendors
@@ -86,6 +91,7 @@ impl<H: Host> Plugin<H> {
             journeys: RefCell::new(HashMap::new()),
             callouts: RefCell::new(HashMap::new()),
             body_access: Cell::new(BodyAccess::Unknown),
+            model_names: RefCell::new(Vec::new()),
             config,
         })
     }
@@ -114,12 +120,42 @@ impl<H: Host> Plugin<H> {
         self.config.units.get(unit).map(|u| u.vendor)
     }
 
-    /// A unit's name for logs: the vendor, and the model if it has its own.
+    /// A unit's name for logs: the vendor, and the model if it has its own;
+    /// for a model unit, `vendor/model#unit` with the model this worker last
+    /// saw hold it.
     pub fn unit_label(&self, unit: UnitId) -> String {
-        match self.config.units.get(unit) {
-            Some(u) => unit_name(&self.config, u.vendor, u.model.as_deref()),
-            None => "?".into(),
+        let Some(u) = self.config.units.get(unit) else {
+            return "?".into();
+        };
+        let owner = u
+            .slot
+            .and_then(|_| self.worker.borrow().view.get(unit).map(|c| c.state.owner));
+        let known = owner.and_then(|h| {
+            let names = self.model_names.borrow();
+            names.iter().find(|(k, _)| *k == h).map(|(_, n)| n.clone())
+        });
+        match (known, u.slot) {
+            (Some(model), Some(slot)) => {
+                let v = self.vendor_name(u.vendor);
+                format!("{v}/{model}#{slot}")
+            }
+            _ => unit_name(&self.config, u),
         }
+    }
+
+    /// Remembers a requested model's name by its hash, for log lines about
+    /// the model slot it takes (the newest few only).
+    pub fn note_model(&self, model: &str) {
+        let hash = model_hash(model);
+        let mut names = self.model_names.borrow_mut();
+        if names.iter().any(|(k, _)| *k == hash) {
+            return;
+        }
+        if names.len() >= MODEL_NAMES_KEPT {
+            names.remove(0);
+        }
+        let shown: String = model.chars().filter(|c| !c.is_control()).take(128).collect();
+        names.push((hash, shown));
     }
 
     /// Counts one finished attempt in its vendor's stats and records its
@@ -159,7 +195,20 @@ impl<H: Host> Plugin<H> {
                 }
             }
             Recording::Write(ticket) => {
-                self.write(unit, now_ms, |st| st.record(now_ms, verdict, ticket, &self.rules));
+                let owner = attempt.owner;
+                self.write(unit, now_ms, |st| {
+                    let mut ticket = ticket;
+                    if let Some(owner) = owner {
+                        match st.claim_slot(owner, now_ms, &self.rules) {
+                            Claim::Held => {}
+                            // Counted afresh, for this model.
+                            Claim::Taken => ticket.generation = st.generation,
+                            // Another model took it meanwhile: nothing to say here.
+                            Claim::Refused => return None,
+                        }
+                    }
+                    st.record(now_ms, verdict, ticket, &self.rules)
+                });
             }
         }
     }
@@ -292,7 +341,9 @@ impl<H: Host> Plugin<H> {
             for d in &batched {
                 st.merge(d);
             }
-            (step(st), before)
+            let change = step(st);
+            st.touched_ms = now_ms;
+            (change, before)
         });
         match result {
             Ok(done) => {
@@ -306,10 +357,10 @@ impl<H: Host> Plugin<H> {
                     );
                     self.add(self.stats.state_resets, 1);
                 }
+                self.worker.borrow_mut().view.put(unit, done.state, now_ms);
                 if let Some(t) = &transition {
                     self.announce(unit, t);
                 }
-                self.worker.borrow_mut().view.put(unit, done.state, now_ms);
                 if matters {
                     self.notify(unit);
                 }
@@ -340,10 +391,26 @@ impl<H: Host> Plugin<H> {
     /// Re-reads every unit's shared state into this worker's copy and the gauges.
     pub fn refresh(&self, now_ms: u64) {
         let mut shared_bytes = 0;
+        // Per vendor: its model units (mapped models and slots) ejected, and rate-limited.
+        let mut models: Table<VendorId, (u64, u64)> = Table::filled(self.config.vendors.len(), (0, 0));
         for (unit, key) in self.keys.iter() {
             match store::load(&self.host, key, self.rules.window) {
                 Ok(Loaded { state, reset, .. }) => {
                     shared_bytes += codec::encoded_len(state.window.spec().buckets.get()) + key.len();
+                    if let Some(u) = self
+                        .config
+                        .units
+                        .get(unit)
+                        .filter(|u| u.model.is_some() || u.slot.is_some())
+                    {
+                        if let Some(count) = models.get_mut(u.vendor) {
+                            match state.effective_kind(now_ms) {
+                                PhaseKind::Open | PhaseKind::HalfOpen => count.0 += 1,
+                                PhaseKind::RateLimited => count.1 += 1,
+                                PhaseKind::Closed => {}
+                            }
+                        }
+                    }
                     // Gauges exist for whole vendors only (the first units).
                     let vendor = self.unit_vendor(unit).filter(|v| v.pass_through() == unit);
                     if let (None, Some(s)) = (reset, vendor.and_then(|v| self.vendor_stats.get(v))) {
@@ -367,6 +434,10 @@ impl<H: Host> Plugin<H> {
             }
         }
         stats::set(&self.host, self.stats.shared_bytes, shared_bytes as u64);
+        for ((ejected, limited), s) in models.values().zip(self.vendor_stats.values()) {
+            stats::set(&self.host, s.models_ejected, *ejected);
+            stats::set(&self.host, s.models_rate_limited, *limited);
+        }
     }
 
     /// Creates every unit's shared-data key (a missing key cannot be
@@ -512,13 +583,15 @@ impl<H: Host> Plugin<H> {
     }
 }
 
-/// A unit's name: `vendor` for its pass-through unit, `vendor/model` for
-/// one of its models. It names the unit's shared-data key and its log lines.
-pub fn unit_name(config: &Config, vendor: VendorId, model: Option<&str>) -> String {
-    let v = config.vendors.get(vendor).map_or("?", |v| v.name.as_str());
-    match model {
-        None => v.to_string(),
-        Some(m) => {
+/// A unit's name: `vendor` for the vendor's own unit, `vendor/model` for
+/// one of its configured models, `vendor#3` for one of its model slots. It
+/// names the unit's shared-data key and its log lines.
+pub fn unit_name(config: &Config, unit: &Unit) -> String {
+    let v = config.vendors.get(unit.vendor).map_or("?", |v| v.name.as_str());
+    match (&unit.model, unit.slot) {
+        (_, Some(slot)) => format!("{v}#{slot}"),
+        (None, None) => v.to_string(),
+        (Some(m), None) => {
             let m: String = m.chars().filter(|c| !c.is_control()).take(128).collect();
             format!("{v}/{m}")
         }

@@ -16,7 +16,10 @@ use crate::proxy::plugin::Plugin;
 /// Moves a journey whose current attempt failed to the next candidate,
 /// or answers the client if none is left.
 pub fn next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) {
-    loop {
+    // Each turn either sends a callout, gives up, or marks one more
+    // candidate tried: bounded by the plan (and guarded anyway).
+    let turns = j.borrow().flight.plan.len() + 1;
+    for _ in 0..turns {
         let mut jb = j.borrow_mut();
         if !jb.flight.may_move(why, now_ms) {
             drop(jb);
@@ -63,6 +66,7 @@ pub fn next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) {
             }
         }
     }
+    give_up(p, j, now_ms);
 }
 
 /// A rescue callout answered (in the context that dispatched it).
@@ -187,7 +191,12 @@ pub fn give_up<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) {
         };
         if let Ok(loaded) = store::load(&p.host, key, p.rules.window) {
             if let Availability::Unavailable { due_ms } = loaded.state.availability(now_ms, &p.rules) {
-                due.push(Due { unit, vendor, due_ms });
+                due.push(Due {
+                    unit,
+                    planned: unit,
+                    vendor,
+                    due_ms,
+                });
             }
         }
     }

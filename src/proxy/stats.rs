@@ -30,6 +30,10 @@ pub struct VendorStats {
     pub window_requests: u32,
     pub window_failures: u32,
     pub window_slow: u32,
+    /// Its model units (mapped models and model slots) ejected or half-open now.
+    pub models_ejected: u32,
+    /// Its model units skipped for a 429 now.
+    pub models_rate_limited: u32,
     /// `stream_errors.<type>`: defined as types are first seen.
     stream_errors: RefCell<Vec<(String, u32)>>,
 }
@@ -92,6 +96,8 @@ impl VendorStats {
             window_requests: gauge("window_requests")?,
             window_failures: gauge("window_failures")?,
             window_slow: gauge("window_slow")?,
+            models_ejected: gauge("models_ejected")?,
+            models_rate_limited: gauge("models_rate_limited")?,
             stream_errors: RefCell::new(Vec::new()),
             prefix: p,
         })

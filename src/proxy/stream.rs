@@ -224,6 +224,9 @@ impl<H: Host> Stream<H> {
             }
         };
         let stream = request.stream;
+        if let Some(model) = &request.model {
+            p.note_model(model);
+        }
         let started = self.watch.start_ms.unwrap_or_default();
         let candidates = match plan::plan(&p.config, format, request.model.as_deref()) {
             Ok(candidates) => candidates,

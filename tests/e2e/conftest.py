@@ -17,10 +17,13 @@ sys.path.insert(0, str(HERE.parent / "mock"))
 from harness import ROOT, WASM, Envoy, envoy_config, filter_config  # noqa: E402
 from vendors import MockVendors  # noqa: E402
 
+# Each vendor as a whole (one unit of health for all its models): the
+# failover and signal tests watch vendors. tests/e2e/test_models.py
+# covers the per-model units vendors have by default.
 VENDORS = [
-    {"name": "anthropic", "cluster": "anthropic", "priority": 0},
-    {"name": "openai", "cluster": "openai", "priority": 1},
-    {"name": "xai", "cluster": "xai", "priority": 2},
+    {"name": "anthropic", "cluster": "anthropic", "priority": 0, "model_units": 0},
+    {"name": "openai", "cluster": "openai", "priority": 1, "model_units": 0},
+    {"name": "xai", "cluster": "xai", "priority": 2, "model_units": 0},
 ]
 
 

@@ -13,7 +13,10 @@ pub use tuning::{
     AllDown, Backoff, RateLimit, Recovery, Rescue, SlowLimits, StatusSet, TripRule, WindowSpec,
     DEFAULT_FAILURE_STATUSES, DEFAULT_REFRESH_MS, MAX_BUCKETS,
 };
-pub use vendors::{Format, Paths, Secret, Unit, Vendor, MAX_VENDORS};
+pub use vendors::{
+    model_hash, Format, Mapping, Paths, Prefill, Secret, Unit, Vendor, DEFAULT_MODEL_UNITS, MAX_MODEL_UNITS,
+    MAX_VENDORS,
+};
 
 use groups::parse_groups;
 use reader::{err, Fields};
@@ -48,8 +51,11 @@ pub struct Config {
     /// How often each worker refreshes the state gauges from shared data.
     pub refresh_ms: u64,
     pub groups: Vec<Group>,
-    /// Every health unit: the vendors' pass-through units first.
+    /// Every health unit: the vendors' own units first.
     pub units: Table<UnitId, Unit>,
+    /// Each pass-through vendor's first model slot unit (its slots follow
+    /// it, `model_units` of them).
+    pub model_slots: Table<VendorId, Option<UnitId>>,
     pub rescue: Rescue,
 }
 
@@ -108,6 +114,7 @@ impl Config {
         let refresh_ms = parse_refresh(&root)?;
         root.finish()?;
 
+        let vendors_len = vendors.len();
         let mut by_preference: Vec<VendorId> = (0..vendors.len()).map(VendorId).collect();
         // Stable: equal priorities keep their config order.
         by_preference.sort_by_key(|&v| vendors.get(v.0).map_or(u32::MAX, |v| v.priority));
@@ -126,9 +133,33 @@ impl Config {
             all_down,
             refresh_ms,
             groups,
+            model_slots: (0..vendors_len)
+                .map(|v| {
+                    units
+                        .iter()
+                        .position(|u| u.vendor == VendorId(v) && u.slot == Some(0))
+                        .map(UnitId)
+                })
+                .collect(),
             units: units.into(),
             rescue,
         })
+    }
+}
+
+impl Config {
+    /// The unit of one of a vendor's configured models.
+    pub fn unit_of(&self, vendor: VendorId, model: &str) -> Option<UnitId> {
+        self.units
+            .position(|u| u.vendor == vendor && u.slot.is_none() && u.model.as_deref() == Some(model))
+    }
+
+    /// The model slot a requested model maps to on a pass-through vendor.
+    pub fn model_slot(&self, vendor: VendorId, model: &str) -> Option<UnitId> {
+        let first = (*self.model_slots.get(vendor)?)?;
+        let slots = u64::from(self.vendors.get(vendor)?.model_units);
+        let slot = model_hash(model).checked_rem(slots)?;
+        Some(UnitId(first.0 + slot as usize))
     }
 }
 

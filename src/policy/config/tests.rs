@@ -1,7 +1,7 @@
 //! Tests of the whole configuration: defaults, every field, every refusal, and random documents.
 
 use super::*;
-use crate::policy::config::VendorId;
+use crate::policy::config::{UnitId, VendorId};
 use serde_json::{Map, Value};
 use std::num::{NonZeroU32, NonZeroU64};
 
@@ -39,15 +39,23 @@ fn minimal_config_takes_every_default() {
             api_key: None,
             paths: Paths::Unchanged,
             models: None,
+            context_window: None,
+            model_units: DEFAULT_MODEL_UNITS,
+            prefill: Prefill::Auto,
         }]
     );
+    // Its own unit, then its model slots.
+    let units = c.units.as_slice();
     assert_eq!(
-        c.units.as_slice(),
-        [Unit {
+        units[0],
+        Unit {
             vendor: VendorId(0),
-            model: None
-        }]
+            model: None,
+            slot: None,
+        }
     );
+    assert_eq!(units.len(), 1 + DEFAULT_MODEL_UNITS as usize);
+    assert!(units[1..].iter().enumerate().all(|(k, u)| u.slot == Some(k as u32)));
     assert!(c.groups.is_empty());
     assert_eq!(
         c.rescue,
@@ -338,22 +346,29 @@ fn vendor_adaptation_groups_and_units() {
     assert_eq!(a.paths.for_format(Format::Anthropic), Some(Some("/v1/messages")));
     assert_eq!(c.vendors[VendorId(1)].paths.for_format(Format::Anthropic), None);
     assert_eq!(c.vendors[VendorId(2)].paths.for_format(Format::OpenAi), Some(None));
-    // Units: three pass-through, two from anthropic's map, one from the group.
-    let units: Vec<(usize, Option<&str>)> = c.units.values().map(|u| (u.vendor.0, u.model.as_deref())).collect();
-    assert_eq!(
-        units,
-        vec![
-            (0, None),
-            (1, None),
-            (2, None),
-            (0, Some("claude-sonnet-4-5")),
-            (0, Some("claude-opus-4-1")),
-            (1, Some("gpt-4.1"))
-        ]
-    );
+    // Units: the vendors' own, two from anthropic's map, the model slots of
+    // the two that pass models through, one from the group.
+    let units: Vec<(usize, Option<&str>, Option<u32>)> = c
+        .units
+        .values()
+        .map(|u| (u.vendor.0, u.model.as_deref(), u.slot))
+        .collect();
+    let mut expected = vec![
+        (0, None, None),
+        (1, None, None),
+        (2, None, None),
+        (0, Some("claude-sonnet-4-5"), None),
+        (0, Some("claude-opus-4-1"), None),
+    ];
+    for v in [1, 2] {
+        expected.extend((0..DEFAULT_MODEL_UNITS).map(|k| (v, None, Some(k))));
+    }
+    expected.push((1, Some("gpt-4.1"), None));
+    assert_eq!(units, expected);
+    assert_eq!(c.model_slots.as_slice(), [None, Some(UnitId(5)), Some(UnitId(13))]);
     let g = &c.groups[0];
     assert_eq!(g.models, vec!["opus", "claude-opus"]);
-    assert_eq!(g.targets.iter().map(|t| t.unit.0).collect::<Vec<_>>(), vec![4, 5, 2]);
+    assert_eq!(g.targets.iter().map(|t| t.unit.0).collect::<Vec<_>>(), vec![4, 21, 2]);
 
     assert_eq!(g.targets[2].model, None);
     assert_eq!(c.rescue.first_token_ms, Some(5_000));
@@ -492,6 +507,9 @@ const REFERENCE: &[&str] = &[
     "vendors[].api_key_env",
     "vendors[].paths",
     "vendors[].models",
+    "vendors[].context_window",
+    "vendors[].model_units",
+    "vendors[].prefill",
     "groups",
     "rescue.max_attempts",
     "rescue.deadline",
@@ -524,6 +542,8 @@ const INNER: &[&str] = &[
     "vendors[]",
     "vendors[].paths.openai",
     "vendors[].paths.anthropic",
+    "vendors[].models.*.model",
+    "vendors[].models.*.context_window",
     "groups[]",
     "groups[].models",
     "groups[].targets",
@@ -558,6 +578,21 @@ fn the_reference_list_is_the_readme_table() {
 
 /// A field path with every list index written `[]`.
 fn normalized(path: &str) -> String {
+    let out = indices_normalized(path);
+    // A model map's keys are the client's model names: any key is `*`.
+    match out.strip_prefix("vendors[].models.") {
+        Some(rest) if !rest.is_empty() => {
+            let inner = rest.split_once('.').map(|(_, field)| field);
+            match inner {
+                Some(field) => format!("vendors[].models.*.{field}"),
+                None => "vendors[].models.*".to_string(),
+            }
+        }
+        _ => out,
+    }
+}
+
+fn indices_normalized(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut in_index = false;
     for c in path.chars() {
@@ -655,19 +690,21 @@ fn assert_invariants(c: &Config, doc: &Value) {
                 u,
                 &Unit {
                     vendor: VendorId(i),
-                    model: None
+                    model: None,
+                    slot: None,
                 }
             );
         } else {
-            assert!(u.vendor.0 < n && u.model.is_some(), "{u:?}");
+            assert!(u.vendor.0 < n && (u.model.is_some() != u.slot.is_some()), "{u:?}");
         }
         assert!(!units[..i].contains(u), "unit {u:?} listed twice");
     }
     for (i, v) in c.vendors.iter() {
-        for (_, to) in v.models.iter().flatten() {
+        for m in v.models.iter().flatten() {
             let unit = Unit {
                 vendor: i,
-                model: Some(to.clone()),
+                model: Some(m.model.clone()),
+                slot: None,
             };
             assert!(units.contains(&unit), "no unit for {unit:?}");
         }
@@ -687,6 +724,7 @@ fn assert_invariants(c: &Config, doc: &Value) {
             let unit = Unit {
                 vendor: t.vendor,
                 model: t.model.clone(),
+                slot: None,
             };
             assert_eq!(c.units[t.unit], unit);
             assert_ne!(t.context_window, Some(0));
@@ -750,6 +788,8 @@ const FAULTS: &[&str] = &[
     "groups[].targets[].vendor",
     "groups[].targets[].model",
     "groups[].targets[].context_window",
+    "vendors[].models.*.model",
+    "vendors[].models.*.context_window",
 ];
 
 /// A field: its key, values the reference allows, values it does not.
@@ -839,7 +879,7 @@ impl Gen {
             v.insert("name".into(), self.value("vendors[].name", &[&name], &bad));
         }
         let long = format!("\"{}\"", "c".repeat(256));
-        let fields: [Field; 5] = [
+        let fields: [Field; 8] = [
             (
                 "cluster",
                 &["\"c1\"", "\"outbound|443||api.openai.com\"", "\"openai_api\""],
@@ -856,6 +896,19 @@ impl Gen {
                 "api_key_env",
                 &["\"KEY_A\""],
                 &["\"KEY_EMPTY\"", "\"KEY_BAD\"", "\"NOPE\""],
+            ),
+            ("context_window", &["1", "8000", "200000"], &["0", "-5", "\"big\""]),
+            ("model_units", &["0", "1", "8", "64"], &["65", "-1", "\"8\""]),
+            (
+                "prefill",
+                &[
+                    "\"auto\"",
+                    "\"none\"",
+                    "\"assistant\"",
+                    "\"assistant_prefix\"",
+                    "\"continue_final_message\"",
+                ],
+                &["\"yes\"", "true"],
             ),
         ];
         for (key, good, bad) in fields {
@@ -900,7 +953,28 @@ impl Gen {
                         self.rng.pick(&["gpt-4o", "claude", "*", "m1", "m2"])
                     };
                     let good = ["\"gpt-4.1\"", "\"claude-sonnet-4-5\"", "\"m1\""];
-                    let to = self.value("vendors[].models.*", &good, &["\"\"", "5"]);
+                    let to = if self.writes("vendors[].models.*.model", 3) {
+                        // The long form: the vendor's model and its window.
+                        let mut entry = Map::new();
+                        if !(self.goes_bad("vendors[].models.*.model", 3) && self.rng.one_in(2)) {
+                            entry.insert(
+                                "model".into(),
+                                self.value("vendors[].models.*.model", &good, &["\"\"", "5"]),
+                            );
+                        }
+                        if self.writes("vendors[].models.*.context_window", 2) {
+                            let window = self.value(
+                                "vendors[].models.*.context_window",
+                                &["8000", "200000"],
+                                &["0", "\"x\""],
+                            );
+                            entry.insert("context_window".into(), window);
+                        }
+                        self.maybe_unknown(&mut entry);
+                        Value::Object(entry)
+                    } else {
+                        self.value("vendors[].models.*", &good, &["\"\"", "5"])
+                    };
                     map.insert(key.into(), to);
                 }
                 Value::Object(map)
@@ -918,7 +992,15 @@ impl Gen {
         } else if self.rng.one_in(10) {
             Some(self.value("groups[].models[]", &["\"m1\"", "\"opus\""], &["\"\""]))
         } else {
-            let good = ["\"m1\"", "\"m2\"", "\"opus\"", "\"gpt\"", "\"claude\""];
+            let good = [
+                "\"m1\"",
+                "\"m2\"",
+                "\"opus\"",
+                "\"gpt\"",
+                "\"claude\"",
+                "\"gpt-4*\"",
+                "\"*\"",
+            ];
             let list = (0..1 + self.rng.below(3))
                 .map(|_| self.value("groups[].models[]", &good, &["\"\"", "3"]))
                 .collect();

@@ -29,8 +29,62 @@ pub struct Vendor {
     pub paths: Paths,
     /// Requested model → the vendor's model; `None`: any model, unchanged.
     /// A `"*"` entry maps every model not listed.
-    pub models: Option<Vec<(String, String)>>,
+    pub models: Option<Vec<Mapping>>,
+    /// Tokens the models it passes through accept (a model map entry may
+    /// declare its own).
+    pub context_window: Option<u64>,
+    /// Health units for the models it passes through (a vendor without a
+    /// model map), each taken by one requested model while it is in use.
+    pub model_units: u32,
+    /// How it takes the text of an answer to continue (see `Prefill`).
+    pub prefill: Prefill,
 }
+
+/// One entry of a vendor's model map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// The model the client asks for (`"*"`: any other).
+    pub requested: String,
+    /// The vendor's model.
+    pub model: String,
+    pub context_window: Option<u64>,
+}
+
+/// How a vendor is asked to continue an answer from a given prefix (a
+/// stream cut after content reached the client). Anthropic Messages takes
+/// a trailing assistant message; OpenAI-compatible vendors differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefill {
+    /// Never asked to continue.
+    None,
+    /// Anthropic-format requests end with an assistant message holding the
+    /// prefix; OpenAI-format requests are not continued.
+    Auto,
+    /// Both formats: a trailing assistant message.
+    Assistant,
+    /// OpenAI format: a trailing assistant message with `"prefix": true`
+    /// (DeepSeek); Anthropic format as `Auto`.
+    AssistantPrefix,
+    /// OpenAI format: a trailing assistant message and
+    /// `"continue_final_message": true, "add_generation_prompt": false`
+    /// (vLLM); Anthropic format as `Auto`.
+    ContinueFinalMessage,
+}
+
+/// A model name's hash, never 0 (0 marks a free model slot).
+pub fn model_hash(model: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in model.as_bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash.max(1)
+}
+
+/// Per-model units a pass-through vendor has by default.
+pub const DEFAULT_MODEL_UNITS: u32 = 8;
+/// At most this many per vendor (each is one shared-data entry).
+pub const MAX_MODEL_UNITS: u32 = 64;
 
 /// The client API formats the filter understands, told apart by path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,13 +166,15 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A unit of health: a vendor as a whole (`model: None`, for models it
-/// passes through unchanged) or one of its configured models. Units
-/// `0..vendors.len()` are the vendors' pass-through units, in config order.
+/// A unit of health: a vendor as a whole (`model: None`, `slot: None`), one
+/// of its configured models, or one of its model slots (a pass-through
+/// vendor's units that requested models take while they use them). Units
+/// `0..vendors.len()` are the vendors' own units, in config order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
     pub vendor: VendorId,
     pub model: Option<String>,
+    pub slot: Option<u32>,
 }
 
 pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Vendor>, ConfigError> {
@@ -231,7 +287,24 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
                 for (requested, to) in map {
                     let mpath = format!("{}.{requested}", f.path("models"));
                     model_name(&Value::String(requested.clone()), &mpath)?;
-                    list.push((requested.clone(), model_name(to, &mpath)?));
+                    let (model, context_window) = match to {
+                        Value::Object(_) => {
+                            let mf = Fields::new(&mpath, to)?;
+                            let Some(model) = mf.get("model") else {
+                                return err(&mf.path("model"), "is required");
+                            };
+                            let model = model_name(model, &mf.path("model"))?;
+                            let window = context_window(&mf)?;
+                            mf.finish()?;
+                            (model, window)
+                        }
+                        other => (model_name(other, &mpath)?, None),
+                    };
+                    list.push(Mapping {
+                        requested: requested.clone(),
+                        model,
+                        context_window,
+                    });
                 }
                 Some(list)
             }
@@ -239,6 +312,23 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
                 return err(
                     &f.path("models"),
                     format!("must map requested model names to the vendor's, got {}", kind(other)),
+                )
+            }
+        };
+        let context_window = context_window(&f)?;
+        let model_units = f.u32_in("model_units", DEFAULT_MODEL_UNITS, 0, MAX_MODEL_UNITS)?;
+        let prefill = match f.string("prefill")?.as_deref() {
+            None | Some("auto") => Prefill::Auto,
+            Some("none") => Prefill::None,
+            Some("assistant") => Prefill::Assistant,
+            Some("assistant_prefix") => Prefill::AssistantPrefix,
+            Some("continue_final_message") => Prefill::ContinueFinalMessage,
+            Some(other) => {
+                return err(
+                    &f.path("prefill"),
+                    format!(
+                        "must be \"auto\", \"none\", \"assistant\", \"assistant_prefix\" or \"continue_final_message\", got {other:?}"
+                    ),
                 )
             }
         };
@@ -252,23 +342,52 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
             api_key,
             paths,
             models,
+            context_window,
+            model_units,
+            prefill,
         });
     }
     Ok(vendors)
 }
 
-/// The vendors' pass-through units, in config order, then one per model
-/// their model maps name.
+/// A positive number of tokens, if the field is there.
+pub(super) fn context_window(f: &Fields) -> Result<Option<u64>, ConfigError> {
+    match f.get("context_window") {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => err(
+                &f.path("context_window"),
+                format!("must be a positive number of tokens, got {v}"),
+            ),
+        },
+    }
+}
+
+/// The vendors' own units, in config order, then one per model their
+/// model maps name, then the model slots of pass-through vendors.
 pub(super) fn units_of(vendors: &[Vendor]) -> Vec<Unit> {
     let mut units: Vec<Unit> = (0..vendors.len())
         .map(|vendor| Unit {
             vendor: VendorId(vendor),
             model: None,
+            slot: None,
         })
         .collect();
     for (vendor, v) in vendors.iter().enumerate() {
-        for (_, model) in v.models.iter().flatten() {
-            unit_for(&mut units, VendorId(vendor), Some(model));
+        for m in v.models.iter().flatten() {
+            unit_for(&mut units, VendorId(vendor), Some(&m.model));
+        }
+    }
+    for (vendor, v) in vendors.iter().enumerate() {
+        if v.models.is_none() {
+            for slot in 0..v.model_units {
+                units.push(Unit {
+                    vendor: VendorId(vendor),
+                    model: None,
+                    slot: Some(slot),
+                });
+            }
         }
     }
     units
@@ -278,13 +397,14 @@ pub(super) fn units_of(vendors: &[Vendor]) -> Vec<Unit> {
 pub(super) fn unit_for(units: &mut Vec<Unit>, vendor: VendorId, model: Option<&String>) -> UnitId {
     if let Some(i) = units
         .iter()
-        .position(|u| u.vendor == vendor && u.model.as_ref() == model)
+        .position(|u| u.vendor == vendor && u.model.as_ref() == model && u.slot.is_none())
     {
         return UnitId(i);
     }
     units.push(Unit {
         vendor,
         model: model.cloned(),
+        slot: None,
     });
     UnitId(units.len() - 1)
 }

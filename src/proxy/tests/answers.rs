@@ -45,7 +45,7 @@ fn response_body_of_a_cut_stream_is_closed_with_an_error_event() {
 
 #[test]
 fn response_trailers_end_a_clean_answer_that_records_as_a_batched_success() {
-    let mut e = envoy(&three(r#","rescue":{"max_attempts":1}"#), 1);
+    let mut e = envoy(&whole(r#","rescue":{"max_attempts":1}"#), 1);
     e.set_now(5_000);
     let got = e.send(0, &Request::openai("m", false), &mut vendors(&[]));
     assert_eq!(got.status, 200);
@@ -65,7 +65,7 @@ fn response_trailers_end_a_clean_answer_that_records_as_a_batched_success() {
 
 #[test]
 fn on_log_of_a_failure_changes_the_shared_window_and_notifies_the_other_worker() {
-    let mut e = envoy(&three(r#","rescue":{"max_attempts":1}"#), 2);
+    let mut e = envoy(&whole(r#","rescue":{"max_attempts":1}"#), 2);
     e.set_now(1_000);
     let key = vendor_key("anthropic", WINDOW);
     let got = e.send(
@@ -90,7 +90,7 @@ fn on_log_of_a_failure_changes_the_shared_window_and_notifies_the_other_worker()
 
 #[test]
 fn on_log_of_a_client_error_leaves_health_alone() {
-    let mut e = envoy(&three(r#","rescue":{"max_attempts":1}"#), 1);
+    let mut e = envoy(&whole(r#","rescue":{"max_attempts":1}"#), 1);
     let bad = Answer::json(400, r#"{"error":{"code":"invalid_request"}}"#);
     for _ in 0..10 {
         e.send(

@@ -136,7 +136,10 @@ fn an_upload_that_never_completes_is_the_clients_doing() {
     let key = crate::policy::store::vendor_key("anthropic", window);
     // Held for its body (rescue on), or routed at its headers (rescue off):
     // either way the vendor is not charged when Envoy times the client out.
-    for (json, held) in [(three(""), true), (three(r#","rescue":{"max_attempts":1}"#), false)] {
+    for (json, held) in [
+        (whole(""), true),
+        (whole(r#","rescue":{"max_attempts":1},"groups":[]"#), false),
+    ] {
         let mut e = envoy(&json, 1);
         e.set_now(1_000);
         for ctx in 10..16 {

@@ -2,6 +2,7 @@
 
 mod answers;
 mod hostile;
+mod models;
 mod requests;
 mod rescues;
 mod workers;
@@ -16,6 +17,14 @@ pub const CLUSTERS: [&str; 3] = ["anthropic", "openai", "xai"];
 pub fn three(extra: &str) -> String {
     format!(
         r#"{{"vendors":[{{"name":"anthropic"}},{{"name":"openai","priority":1}},{{"name":"xai","priority":2}}]{extra}}}"#
+    )
+}
+
+/// The same three vendors, each with one unit of health for all its models
+/// (no model units): for tests about the vendor as a whole.
+pub fn whole(extra: &str) -> String {
+    format!(
+        r#"{{"vendors":[{{"name":"anthropic","model_units":0}},{{"name":"openai","priority":1,"model_units":0}},{{"name":"xai","priority":2,"model_units":0}}]{extra}}}"#
     )
 }
 

@@ -60,16 +60,16 @@ fn configure_skips_a_vendor_whose_cluster_envoy_lacks_until_it_appears() {
 
 #[test]
 fn tick_refreshes_the_state_gauges() {
-    let mut e = envoy(&three(r#","rescue":{"max_attempts":1}"#), 1);
+    let mut e = envoy(&whole(r#","rescue":{"max_attempts":1}"#), 1);
     eject(&mut e, "anthropic", 5);
     e.advance(1_000);
     e.tick();
     assert_eq!(e.main.metric("llm_failover.vendor.anthropic.state"), 1);
     assert_eq!(e.main.metric("llm_failover.vendor.anthropic.ejections"), 1);
     assert_eq!(e.main.metric("llm_failover.vendor.openai.state"), 0);
-    // Three units of 192 bytes with their keys, and the worker registry.
+    // Three units of 208 bytes with their keys, and the worker registry.
     let shared = e.main.metric("llm_failover.shared_bytes");
-    assert!((3 * 192..3 * 192 + 300).contains(&shared), "{shared}");
+    assert!((3 * 208..3 * 208 + 300).contains(&shared), "{shared}");
 }
 
 /// Holds one request on worker 0 (its headers only) at `ctx`; `received`
