@@ -7,7 +7,7 @@
 use crate::policy::adapt;
 use crate::policy::choice::LazyClock;
 use crate::policy::classify::{self, Observed, Outcome, Reason};
-use crate::policy::config::{Config, Format};
+use crate::policy::config::{Config, Format, SlowLimits, StatusSet};
 use crate::policy::ratelimit;
 use crate::policy::rescue::{self, Flight, Move};
 use crate::policy::sse::{self, Ending, Scanner, StreamError};
@@ -38,13 +38,34 @@ pub enum AtHeaders {
     Peek,
 }
 
-/// Judges the first attempt's response headers. `flags` reads Envoy's
-/// response flags and `clock` the time: each at most once, and only when
-/// the answer is not a plain 2xx (the common case reads neither).
+/// What a request may still do if its current answer fails: the journey
+/// itself in the downstream filter, or what the downstream filter told the
+/// upstream filter of it (`relay::Hints`).
+pub trait Room {
+    /// The client asked for a stream.
+    fn stream(&self) -> bool;
+    /// Whether another attempt may start at `now_ms` for this reason.
+    fn may_move(&self, why: Move, now_ms: u64) -> bool;
+}
+
+impl Room for Flight {
+    fn stream(&self) -> bool {
+        self.stream
+    }
+
+    fn may_move(&self, why: Move, now_ms: u64) -> bool {
+        Flight::may_move(self, why, now_ms)
+    }
+}
+
+/// Judges the first attempt's response headers, by the configured
+/// `failure_statuses`. `flags` reads Envoy's response flags and `clock` the
+/// time: each at most once, and only when the answer is not a plain 2xx
+/// (the common case reads neither).
 pub fn at_headers(
     head: &Head,
-    flight: &Flight,
-    config: &Config,
+    flight: &dyn Room,
+    failure_statuses: &StatusSet,
     flags: &mut dyn FnMut() -> u64,
     clock: &mut dyn FnMut() -> u64,
 ) -> AtHeaders {
@@ -62,7 +83,8 @@ pub fn at_headers(
                 retry_after_ms: head.retry_after_ms,
                 ..Observed::default()
             };
-            Some(classify::classify(&seen, &config.failure_statuses, &config.slow))
+            // Slowness is judged when the answer ends, never here.
+            Some(classify::classify(&seen, failure_statuses, &SlowLimits::DEFAULT))
         }
     };
     if let Some(outcome) = judged {
@@ -80,7 +102,7 @@ pub fn at_headers(
         }
         return AtHeaders::Pass;
     }
-    if head.sse && flight.stream && !head.end_of_stream && may(Move::Failure).0 {
+    if head.sse && flight.stream() && !head.end_of_stream && may(Move::Failure).0 {
         return AtHeaders::Peek;
     }
     AtHeaders::Pass
@@ -287,7 +309,9 @@ mod tests {
             reads += 1;
             0
         };
-        let decision = at_headers(&head(200), &f, &c, &mut flags, &mut || panic!("clock read"));
+        let decision = at_headers(&head(200), &f, &c.failure_statuses, &mut flags, &mut || {
+            panic!("clock read")
+        });
         assert_eq!(decision, AtHeaders::Pass);
         assert_eq!(reads, 0);
     }
@@ -296,7 +320,7 @@ mod tests {
     fn a_failure_before_any_byte_is_rescued() {
         let c = config();
         let f = flight(&c, false);
-        let d = at_headers(&head(503), &f, &c, &mut || 0, &mut || 7);
+        let d = at_headers(&head(503), &f, &c.failure_statuses, &mut || 0, &mut || 7);
         assert_eq!(
             d,
             AtHeaders::Rescue {
@@ -305,7 +329,7 @@ mod tests {
                 now_ms: 7
             }
         );
-        let d = at_headers(&head(429), &f, &c, &mut || 0, &mut || 7);
+        let d = at_headers(&head(429), &f, &c.failure_statuses, &mut || 0, &mut || 7);
         assert!(matches!(
             d,
             AtHeaders::Rescue {
@@ -317,7 +341,7 @@ mod tests {
         let d = at_headers(
             &head(503),
             &f,
-            &c,
+            &c.failure_statuses,
             &mut || classify::flags::UPSTREAM_REMOTE_RESET,
             &mut || 7,
         );
@@ -342,11 +366,14 @@ mod tests {
             forced: false,
             owner: None,
         });
-        assert_eq!(at_headers(&head(503), &f, &c, &mut || 0, &mut || 7), AtHeaders::Pass);
+        assert_eq!(
+            at_headers(&head(503), &f, &c.failure_statuses, &mut || 0, &mut || 7),
+            AtHeaders::Pass
+        );
         // ... and past the deadline neither.
         let f = flight(&c, false);
         assert_eq!(
-            at_headers(&head(503), &f, &c, &mut || 0, &mut || 1_000_000),
+            at_headers(&head(503), &f, &c.failure_statuses, &mut || 0, &mut || 1_000_000),
             AtHeaders::Pass
         );
     }
@@ -375,10 +402,13 @@ mod tests {
             forced: false,
             owner: None,
         });
-        assert_eq!(at_headers(&head(400), &f, &c, &mut || 0, &mut || 1), AtHeaders::Inspect);
+        assert_eq!(
+            at_headers(&head(400), &f, &c.failure_statuses, &mut || 0, &mut || 1),
+            AtHeaders::Inspect
+        );
         let plain = flight(&config(), false);
         assert_eq!(
-            at_headers(&head(400), &plain, &config(), &mut || 0, &mut || 1),
+            at_headers(&head(400), &plain, &config().failure_statuses, &mut || 0, &mut || 1),
             AtHeaders::Pass
         );
         let overflow = br#"{"error":{"code":"context_length_exceeded"}}"#;
@@ -398,12 +428,12 @@ mod tests {
         let c = config();
         let sse = Head { sse: true, ..head(200) };
         assert_eq!(
-            at_headers(&sse, &flight(&c, true), &c, &mut || 0, &mut || 1),
+            at_headers(&sse, &flight(&c, true), &c.failure_statuses, &mut || 0, &mut || 1),
             AtHeaders::Peek
         );
         // Not a streamed request, or headers only: nothing to wait for.
         assert_eq!(
-            at_headers(&sse, &flight(&c, false), &c, &mut || 0, &mut || 1),
+            at_headers(&sse, &flight(&c, false), &c.failure_statuses, &mut || 0, &mut || 1),
             AtHeaders::Pass
         );
         let bodiless = Head {
@@ -411,7 +441,7 @@ mod tests {
             ..sse
         };
         assert_eq!(
-            at_headers(&bodiless, &flight(&c, true), &c, &mut || 0, &mut || 1),
+            at_headers(&bodiless, &flight(&c, true), &c.failure_statuses, &mut || 0, &mut || 1),
             AtHeaders::Pass
         );
     }

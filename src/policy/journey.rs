@@ -33,6 +33,14 @@ pub enum Stage {
     Replying,
     /// The router's answer goes to the client.
     Passed,
+    /// The stream ended with its attempt out and no answer: the upstream
+    /// filter handed the attempt back to the router as an internal
+    /// redirect (see `policy::relay`), and the redirected request will
+    /// continue the journey in a new stream (or the client went away).
+    Relaying,
+    /// The redirected request, routed to the next candidate, waits for its
+    /// body to be replaced with the one adapted for that candidate.
+    Resending,
 }
 
 /// What the response callbacks do while the filter answers the client.
@@ -51,10 +59,20 @@ impl Stage {
         match self {
             // An answer while the request is still held is Envoy's own (a
             // timeout): no vendor was asked.
-            Stage::Replying | Stage::Buffering { .. } => Some(Aside::LetBy),
+            Stage::Replying | Stage::Buffering { .. } | Stage::Resending => Some(Aside::LetBy),
             Stage::Rescuing => Some(Aside::Hold),
             _ => None,
         }
+    }
+
+    /// Whether the journey's current attempt is with a vendor, unanswered
+    /// as far as the downstream filter knows: a redirected request may
+    /// continue it.
+    pub fn attempt_out(self) -> bool {
+        matches!(
+            self,
+            Stage::Routed | Stage::Peeking | Stage::Inspecting | Stage::Relaying
+        )
     }
 
     /// Whether the stream's end has an attempt to record: not when the
@@ -62,7 +80,10 @@ impl Stage {
     /// finished its upload is no vendor's doing), nor when its attempts were
     /// recorded as they ended (rescued, or answered by the filter).
     pub fn records_at_end(self) -> bool {
-        !matches!(self, Stage::Buffering { .. } | Stage::Rescuing | Stage::Replying)
+        !matches!(
+            self,
+            Stage::Buffering { .. } | Stage::Rescuing | Stage::Replying | Stage::Relaying
+        )
     }
 }
 
@@ -86,6 +107,10 @@ pub struct Journey {
     pub peek_fed: usize,
     /// Body callbacks Envoy made for this request.
     pub body_callbacks: u32,
+    /// Its token in the VM's relay table, while it has one.
+    pub relay: Option<u64>,
+    /// When its stream ended with the attempt out (`Stage::Relaying`).
+    pub orphaned_ms: Option<u64>,
 }
 
 pub type JourneyRef = Rc<RefCell<Journey>>;
@@ -111,6 +136,8 @@ impl Journey {
             peek: None,
             peek_fed: 0,
             body_callbacks: 0,
+            relay: None,
+            orphaned_ms: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod outbound;
 pub mod plan;
 pub mod ratelimit;
 pub mod record;
+pub mod relay;
 pub mod reply;
 pub mod rescue;
 pub mod sse;

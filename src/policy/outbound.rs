@@ -104,14 +104,19 @@ impl CalloutRequest {
     }
 }
 
-pub fn callout_request(j: &Journey, vendor: &Vendor, candidate: &Candidate, cluster_header: &str) -> CalloutRequest {
-    let client = &j.headers;
-    let value = |name: &str| client.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+/// The client's body as `candidate` takes it: its model mapped, if it maps one.
+pub fn body_for(j: &Journey, candidate: &Candidate) -> Vec<u8> {
     let rewritten = candidate
         .model
         .as_deref()
         .and_then(|m| j.request.as_ref()?.with_model(&j.body, m));
-    let body = rewritten.unwrap_or_else(|| j.body.clone());
+    rewritten.unwrap_or_else(|| j.body.clone())
+}
+
+pub fn callout_request(j: &Journey, vendor: &Vendor, candidate: &Candidate, cluster_header: &str) -> CalloutRequest {
+    let client = &j.headers;
+    let value = |name: &str| client.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+    let body = body_for(j, candidate);
     let mut headers: Vec<(String, String)> = Vec::with_capacity(client.len() + 4);
     let path = candidate
         .path
@@ -144,7 +149,10 @@ pub fn callout_request(j: &Journey, vendor: &Vendor, candidate: &Candidate, clus
 /// The response headers the filter owns, which a vendor's answer must not
 /// bring: the vendor header and the accounting headers.
 fn owned(name: &str, vendor_header: Option<&str>) -> bool {
-    name == ATTEMPTS_HEADER || name == TRIED_HEADER || Some(name) == vendor_header
+    name == ATTEMPTS_HEADER
+        || name == TRIED_HEADER
+        || name == crate::policy::relay::RELAY_HEADER
+        || Some(name) == vendor_header
 }
 
 /// The filter's own header names a vendor's answer carries: they are

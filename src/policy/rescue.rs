@@ -208,6 +208,7 @@ mod tests {
             max_body_bytes: 1_000,
             first_token_ms: None,
             max_answer_bytes: 1 << 20,
+            relay: false,
         };
         Flight::new(Some(Format::OpenAi), false, plan, 1_000, &rescue)
     }

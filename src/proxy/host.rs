@@ -71,6 +71,8 @@ pub trait Host: Store {
     fn set_effective_context(&self, context_id: u32) -> HostResult<()>;
     /// Resumes the current stream's request, paused in its headers or body.
     fn resume_request(&self) -> HostResult<()>;
+    /// Resumes the current stream's response, paused in its headers or body.
+    fn resume_response(&self) -> HostResult<()>;
     /// Answers the current stream's client directly.
     fn send_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8], details: &str) -> HostResult<()>;
     /// An HTTP request to `cluster`; the answer comes to the calling

@@ -7,6 +7,7 @@ pub mod abi;
 pub mod fake;
 pub mod host;
 pub mod plugin;
+pub mod relay;
 pub mod rescue;
 pub mod root;
 pub mod sdk;

@@ -10,12 +10,14 @@ use crate::policy::journey::{self, BodyAccess, JourneyRef, Stage};
 use crate::policy::notify;
 use crate::policy::plan::{Attempt, Candidate};
 use crate::policy::record::{self, Before, Recording};
+use crate::policy::relay::Relays;
 use crate::policy::reply;
 use crate::policy::store::{self, Loaded, StoreError};
 use crate::proxy::host::{Host, Map, BAD_ARGUMENT};
 use crate::proxy::stats::{self, GlobalStats, VendorStats};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// How often a worker looks again for vendor clusters Envoy did not have.
 pub const CLUSTER_RECHECK_MS: u64 = 5_000;
@@ -24,7 +26,8 @@ pub const CLUSTER_RECHECK_MS: u64 = 5_000;
 /// models: see `config::Unit`); stats per vendor.
 pub struct Plugin<H: Host> {
     pub host: H,
-    pub config: Config,
+    /// Shared with the upstream filter of the same VM, which judges answers by it.
+    pub config: Rc<Config>,
     pub rules: Rules,
     /// Shared-data key of each unit.
     pub keys: Table<UnitId, String>,
@@ -53,13 +56,15 @@ pub struct Plugin<H: Host> {
     pub reads_bodies: bool,
     /// Requested models' names by hash, for log lines (see `note_model`).
     model_names: RefCell<Vec<(u64, String)>>,
+    /// This VM's journeys with an attempt out (see `policy::relay`).
+    pub relays: Rc<RefCell<Relays>>,
 }
 
 /// How many requested models' names a worker keeps for its log lines.
 const MODEL_NAMES_KEPT: usize = 64;
 
 impl<H: Host> Plugin<H> {
-    pub fn new(host: H, config: Config) -> Result<Self, String> {
+    pub fn new(host: H, config: Config, relays: Rc<RefCell<Relays>>) -> Result<Self, String> {
         let rules = Rules::from_config(&config);
         let n = config.vendors.len();
         let units = config.units.len();
@@ -92,7 +97,9 @@ impl<H: Host> Plugin<H> {
             callouts: RefCell::new(HashMap::new()),
             body_access: Cell::new(BodyAccess::Unknown),
             model_names: RefCell::new(Vec::new()),
-            config,
+            relays,
+
+            config: Rc::new(config),
         })
     }
 
@@ -433,6 +440,7 @@ impl<H: Host> Plugin<H> {
                 shared_bytes += value.len() + key.len();
             }
         }
+
         stats::set(&self.host, self.stats.shared_bytes, shared_bytes as u64);
         for ((ejected, limited), s) in models.values().zip(self.vendor_stats.values()) {
             stats::set(&self.host, s.models_ejected, *ejected);

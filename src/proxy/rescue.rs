@@ -7,6 +7,7 @@ use crate::policy::config::AllDown;
 use crate::policy::health::Availability;
 use crate::policy::journey::{self, BodyAccess, JourneyRef, Stage};
 use crate::policy::outbound;
+use crate::policy::plan::{Attempt, Candidate};
 use crate::policy::reply;
 use crate::policy::rescue::{Move, Pending};
 use crate::policy::store;
@@ -17,43 +18,26 @@ use crate::proxy::plugin::Plugin;
 /// or answers the client if none is left.
 pub fn next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) {
     // Each turn either sends a callout, gives up, or marks one more
-    // candidate tried: bounded by the plan (and guarded anyway).
+    // candidate missing: bounded by the plan (and guarded anyway).
     let turns = j.borrow().flight.plan.len() + 1;
     for _ in 0..turns {
-        let mut jb = j.borrow_mut();
-        if !jb.flight.may_move(why, now_ms) {
-            drop(jb);
-            give_up(p, j, now_ms);
-            return;
-        }
-        let candidates = jb.flight.next_candidates(why);
-        let tried = jb.flight.tried_units();
-        let ask = Ask {
-            candidates: &candidates,
-            all_down: AllDown::Reject,
-            tried: &tried,
-            claim_probes: true,
-        };
-        let Choice::Route { attempt, .. } = p.pick(&ask, &mut || now_ms) else {
-            // Every candidate left is ejected or busy probing.
-            drop(jb);
-            give_up(p, j, now_ms);
-            return;
-        };
-        let Some(candidate) = jb.flight.start(attempt).cloned() else {
-            continue;
+        let Some((attempt, candidate)) = choose(p, j, why, now_ms) else {
+            break;
         };
         let Some(v) = p.config.vendors.get(attempt.vendor) else {
             continue;
         };
-        let request = outbound::callout_request(&jb, v, &candidate, &p.config.cluster_header);
-        let timeout_ms = jb.flight.time_left(now_ms);
+        let (request, timeout_ms, ctx) = {
+            let jb = j.borrow();
+            let request = outbound::callout_request(&jb, v, &candidate, &p.config.cluster_header);
+            (request, jb.flight.time_left(now_ms), jb.ctx)
+        };
         match p
             .host
             .dispatch(&v.cluster, &request.header_refs(), Some(&request.body), timeout_ms)
         {
             Ok(token) => {
-                p.callouts.borrow_mut().insert(token, jb.ctx);
+                p.callouts.borrow_mut().insert(token, ctx);
                 p.add(p.stats.rescue_attempts, 1);
                 log::debug!("rescuing a request with vendor {}", v.name);
                 return;
@@ -67,6 +51,29 @@ pub fn next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) {
         }
     }
     give_up(p, j, now_ms);
+}
+
+/// The journey's next attempt, started: the best candidate left that is
+/// neither ejected nor busy probing, or `None` if it may not move (out of
+/// attempts, past its deadline, or nothing left).
+pub fn choose<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) -> Option<(Attempt, Candidate)> {
+    let mut jb = j.borrow_mut();
+    if !jb.flight.may_move(why, now_ms) {
+        return None;
+    }
+    let candidates = jb.flight.next_candidates(why);
+    let tried = jb.flight.tried_units();
+    let ask = Ask {
+        candidates: &candidates,
+        all_down: AllDown::Reject,
+        tried: &tried,
+        claim_probes: true,
+    };
+    let Choice::Route { attempt, .. } = p.pick(&ask, &mut || now_ms) else {
+        return None;
+    };
+    let candidate = jb.flight.start(attempt).cloned()?;
+    Some((attempt, candidate))
 }
 
 /// A rescue callout answered (in the context that dispatched it).

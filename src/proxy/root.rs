@@ -1,10 +1,13 @@
 //! The root context of a worker VM: configuration, the tick, notifications, new streams.
 
-use crate::policy::config::Config;
+use crate::policy::config::{Config, Role, StatusSet};
+use crate::policy::relay::Relays;
 use crate::proxy::host::{Buffer, Host};
 use crate::proxy::plugin::Plugin;
+use crate::proxy::relay::{self, Relayer, Roles};
 use crate::proxy::rescue;
 use crate::proxy::stream::Stream;
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// The tick period while time-to-first-token limits are checked.
@@ -13,11 +16,62 @@ const FIRST_TOKEN_TICK_MS: u64 = 100;
 pub struct Root<H: Host + Clone> {
     host: H,
     plugin: Option<Rc<Plugin<H>>>,
+    /// This VM's relay table and roles, shared by every root context in it.
+    relays: Rc<RefCell<Relays>>,
+    roles: Rc<RefCell<Roles>>,
+    /// Configured as an upstream filter (`role: "upstream"`): the
+    /// `failure_statuses` it judges by.
+    upstream: Option<Rc<StatusSet>>,
+    /// The role this root counted itself in `roles` for.
+    counted: Option<Role>,
 }
 
 impl<H: Host + Clone> Root<H> {
+    /// A root context of the VM this thread runs.
     pub fn new(host: H) -> Self {
-        Root { host, plugin: None }
+        Root::in_vm(host, relay::vm_relays(), relay::vm_roles())
+    }
+
+    /// A root context sharing `relays` and `roles` with the other roots of
+    /// its VM.
+    pub fn in_vm(host: H, relays: Rc<RefCell<Relays>>, roles: Rc<RefCell<Roles>>) -> Self {
+        Root {
+            host,
+            plugin: None,
+            relays,
+            roles,
+            upstream: None,
+            counted: None,
+        }
+    }
+
+    pub fn is_upstream(&self) -> bool {
+        self.upstream.is_some()
+    }
+
+    /// Counts this root in its VM's roles; `false` if the other role is
+    /// there already.
+    fn take_role(&mut self, role: Role) -> bool {
+        let mut roles = self.roles.borrow_mut();
+        match self.counted {
+            Some(Role::Downstream) => roles.downstream = roles.downstream.saturating_sub(1),
+            Some(Role::Upstream) => roles.upstream = roles.upstream.saturating_sub(1),
+            None => {}
+        }
+        self.counted = None;
+        let other = match role {
+            Role::Downstream => roles.upstream,
+            Role::Upstream => roles.downstream,
+        };
+        if other > 0 {
+            return false;
+        }
+        match role {
+            Role::Downstream => roles.downstream += 1,
+            Role::Upstream => roles.upstream += 1,
+        }
+        self.counted = Some(role);
+        true
     }
 
     pub fn plugin(&self) -> Option<&Rc<Plugin<H>>> {
@@ -35,10 +89,44 @@ impl<H: Host + Clone> Root<H> {
                 return false;
             }
         };
+        let role = match Role::of(&bytes) {
+            Ok(role) => role,
+            Err(e) => {
+                log::error!("configuration refused: {e}");
+                return false;
+            }
+        };
+        if !self.take_role(role) {
+            // Each filter's streams would be created inside the other's
+            // callouts, which the SDK cannot re-enter.
+            log::error!(
+                "configuration refused: config field `role`: the downstream and the upstream filter cannot share a \
+                 VM: give the upstream filter a vm_config with a vm_id of its own"
+            );
+            return false;
+        }
+        if role == Role::Upstream {
+            let statuses = match Role::upstream_statuses(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("configuration refused: {e}");
+                    return false;
+                }
+            };
+            self.upstream = Some(Rc::new(statuses));
+            self.plugin = None;
+            log::info!(
+                "configured as an upstream filter: failed answers of requests the downstream filter routed here go \
+                 back to the router as internal redirects"
+            );
+            return true;
+        }
+        self.upstream = None;
         let host = &self.host;
+        let relays = self.relays.clone();
         let parsed = Config::parse_with_env(&bytes, &|name| host.env(name))
             .map_err(|e| e.to_string())
-            .and_then(|config| Plugin::new(host.clone(), config));
+            .and_then(|config| Plugin::new(host.clone(), config, relays));
         let plugin = match parsed {
             Ok(p) => p,
             Err(e) => {
@@ -93,6 +181,7 @@ impl<H: Host + Clone> Root<H> {
             rescue::check_first_tokens(p, now_ms);
             rescue::release_stuck(p, now_ms);
         }
+        relay::sweep(p, now_ms);
         if now_ms >= p.next_refresh_ms.get() {
             p.next_refresh_ms.set(now_ms.saturating_add(p.config.refresh_ms));
             p.flush(now_ms);
@@ -114,6 +203,12 @@ impl<H: Host + Clone> Root<H> {
 
     pub fn new_stream(&self, context_id: u32) -> Stream<H> {
         Stream::new(self.plugin.clone(), context_id)
+    }
+
+    /// A stream of the upstream filter.
+    pub fn new_relayer(&self) -> Relayer<H> {
+        let statuses = self.upstream.clone().unwrap_or_default();
+        Relayer::new(self.host.clone(), statuses)
     }
 
     /// A callout answered in the root context (the cluster probes: ignored).

@@ -1,6 +1,7 @@
 //! The proxy-wasm SDK's traits, each callback handed on unchanged, and the VM's entry point.
 
 use crate::proxy::host::Host;
+use crate::proxy::relay::Relayer;
 use crate::proxy::root::Root;
 use crate::proxy::stream::Stream;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -26,6 +27,9 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.is_upstream() {
+            return Some(Box::new(self.new_relayer()));
+        }
         Some(Box::new(self.new_stream(context_id)))
     }
 
@@ -63,6 +67,22 @@ impl<H: Host + 'static> HttpContext for Stream<H> {
 
     fn on_log(&mut self) {
         self.on_done();
+    }
+}
+
+impl<H: Host + 'static> Context for Relayer<H> {}
+
+impl<H: Host + 'static> HttpContext for Relayer<H> {
+    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        self.on_request_headers(num_headers, end_of_stream)
+    }
+
+    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        self.on_response_headers(num_headers, end_of_stream)
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.on_response_body(body_size, end_of_stream)
     }
 }
 

@@ -53,6 +53,12 @@ pub struct GlobalStats {
     pub rescued: u32,
     /// Rescue attempts sent (callouts).
     pub rescue_attempts: u32,
+    /// Attempts handed back to the router by the upstream filter and sent
+    /// on to the next candidate (live-streamed rescue).
+    pub relayed: u32,
+    /// Hand-backs Envoy did not follow (no `internal_redirect_policy`, or
+    /// a body past its buffer): rescued with callouts instead.
+    pub relays_not_followed: u32,
     /// Requests answered 503 because no vendor was left to try.
     pub rescues_failed: u32,
     /// Of those, requests that failed on every vendor tried (two or more):
@@ -161,6 +167,8 @@ impl GlobalStats {
             shared_bytes: define(host, MetricKind::Gauge, "llm_failover.shared_bytes")?,
             rescued: counter("rescued")?,
             rescue_attempts: counter("rescue_attempts")?,
+            relayed: counter("relayed")?,
+            relays_not_followed: counter("relays_not_followed")?,
             rescues_failed: counter("rescues_failed")?,
             failed_everywhere: counter("failed_everywhere")?,
             first_token_timeouts: counter("first_token_timeouts")?,

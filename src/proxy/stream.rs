@@ -20,11 +20,13 @@ use crate::policy::observe::Watch;
 use crate::policy::outbound;
 use crate::policy::plan::{self, Attempt, Candidate, Unserved};
 use crate::policy::ratelimit;
+use crate::policy::relay::RELAY_HEADER;
 use crate::policy::reply;
-use crate::policy::rescue::{Flight, Move};
+use crate::policy::rescue::{Flight, Move, Pending};
 use crate::policy::sse::{self, Scanner};
 use crate::proxy::host::{find, Buffer, Host, Map, RESPONSE_CODE, RESPONSE_FLAGS};
 use crate::proxy::plugin::Plugin;
+use crate::proxy::relay;
 use crate::proxy::rescue;
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -86,7 +88,15 @@ impl<H: Host> Stream<H> {
         self.watch.request_complete = end_of_stream;
         // One host call for every header: the path names the API format,
         // and a rescue replays the rest.
-        let headers = p.host.headers(Map::RequestHeaders).unwrap_or_default();
+        let mut headers = p.host.headers(Map::RequestHeaders).unwrap_or_default();
+        if let Some(value) = find(&headers, RELAY_HEADER).map(<[u8]>::to_vec) {
+            let _ = p.host.remove_header(Map::RequestHeaders, RELAY_HEADER);
+            if let Some(action) = self.continue_journey(&p, &value, end_of_stream, now_ms) {
+                return action;
+            }
+            // Not a redirect this VM handed back: a client's header, ignored.
+            headers.retain(|(n, _)| n != RELAY_HEADER);
+        }
         let format = find(&headers, ":path").and_then(Format::of_path);
         self.format = format;
         let declared_len =
@@ -127,6 +137,30 @@ impl<H: Host> Stream<H> {
         p.journeys.borrow_mut().insert(self.ctx, j.clone());
         self.journey = Some(j);
         Action::Pause
+    }
+
+    /// A request the upstream filter handed back to the router, come
+    /// through the listener again: its journey goes on to the next
+    /// candidate. `None` if `relay_value` names no such journey.
+    fn continue_journey(
+        &mut self,
+        p: &Plugin<H>,
+        relay_value: &[u8],
+        end_of_stream: bool,
+        now_ms: u64,
+    ) -> Option<Action> {
+        let (j, why) = relay::claim(p, self.ctx, relay_value, now_ms)?;
+        self.format = j.borrow().format;
+        self.journey = Some(j.clone());
+        let Some(attempt) = relay::route_next(p, &j, why, now_ms) else {
+            return Some(Action::Pause); // answered: nothing left to try
+        };
+        self.routed = Some(attempt);
+        if end_of_stream {
+            self.set_stage(Stage::Routed);
+            return Some(Action::Continue);
+        }
+        Some(Action::Pause)
     }
 
     /// Routes a request by its headers only: health by vendor, path,
@@ -171,7 +205,17 @@ impl<H: Host> Stream<H> {
         let (Some(p), Some(j)) = (self.plugin.clone(), self.journey.clone()) else {
             return Action::Continue;
         };
-        if !matches!(j.borrow().stage, Stage::Buffering { .. }) {
+        let stage = j.borrow().stage;
+        if stage == Stage::Resending {
+            // A redirected request's body, as the last vendor took it.
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            relay::replace_body(&p, &j, body_size);
+            j.borrow_mut().stage = Stage::Routed;
+            return Action::Continue;
+        }
+        if !matches!(stage, Stage::Buffering { .. }) {
             return Action::Continue;
         }
         j.borrow_mut().body_callbacks += 1;
@@ -265,6 +309,9 @@ impl<H: Host> Stream<H> {
                     }
                 }
                 self.routed = Some(attempt);
+                if p.config.rescue.relay {
+                    relay::offer(p, j, started);
+                }
                 let mut jb = j.borrow_mut();
                 jb.stage = Stage::Routed;
                 if stream {
@@ -303,6 +350,11 @@ impl<H: Host> Stream<H> {
         // the answer is read.
         let headers = p.host.headers(Map::ResponseHeaders).unwrap_or_default();
         let status: Option<u16> = find(&headers, ":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        if let Some(j) = self.journey.clone().filter(|j| j.borrow().relay.is_some()) {
+            if let Some(action) = relay::not_followed(&p, &j, status, &headers, p.now()) {
+                return action;
+            }
+        }
         let sse = find(&headers, "content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream"));
         self.watch.status = status;
         // A vendor must not speak for the filter.
@@ -334,7 +386,13 @@ impl<H: Host> Stream<H> {
             };
             let decision = {
                 let jb = j.borrow();
-                answer::at_headers(&head, &jb.flight, &p.config, &mut || read_flags(), &mut || p.now())
+                answer::at_headers(
+                    &head,
+                    &jb.flight,
+                    &p.config.failure_statuses,
+                    &mut || read_flags(),
+                    &mut || p.now(),
+                )
             };
             match decision {
                 AtHeaders::Rescue { outcome, why, now_ms } => {
@@ -391,10 +449,28 @@ impl<H: Host> Stream<H> {
         self.name_vendor(&p, routed)
     }
 
-    /// Names the vendor that answered on the response, and lets it go.
+    /// Names the vendor that answered on the response, and lets it go; a
+    /// relayed request's answer also says how many attempts it took and
+    /// which vendors were tried.
     fn name_vendor(&self, p: &Plugin<H>, routed: Attempt) -> Action {
         if let (Some(header), Some(v)) = (&p.config.vendor_header, p.config.vendors.get(routed.vendor)) {
             let _ = p.host.set_header(Map::ResponseHeaders, header, v.name.as_bytes());
+        }
+        if let Some(j) = &self.journey {
+            let jb = j.borrow();
+            if jb.flight.attempts.len() > 1 {
+                let names: Vec<&str> = jb.flight.tried_vendors().iter().map(|&v| p.vendor_name(v)).collect();
+                let attempts = jb.flight.attempts.len().to_string();
+                let _ = p
+                    .host
+                    .set_header(Map::ResponseHeaders, outbound::ATTEMPTS_HEADER, attempts.as_bytes());
+                let _ = p
+                    .host
+                    .set_header(Map::ResponseHeaders, outbound::TRIED_HEADER, names.join(",").as_bytes());
+                if self.watch.status.is_some_and(|s| s < 400) {
+                    p.add(p.stats.rescued, 1);
+                }
+            }
         }
         Action::Continue
     }
@@ -535,14 +611,32 @@ impl<H: Host> Stream<H> {
             return;
         };
         let stage = self.stage();
-        if let Some(j) = self.journey.take() {
-            let ctx = j.borrow().ctx;
-            p.journeys.borrow_mut().remove(&ctx);
+        let journey = self.journey.take();
+        if let Some(j) = &journey {
+            p.journeys.borrow_mut().remove(&self.ctx);
             // A rescue still in flight for a client that went away: nothing
             // more will be learned of this request.
+            let ctx = self.ctx;
             p.callouts.borrow_mut().retain(|_, c| *c != ctx);
+            if j.borrow().ctx != ctx {
+                return; // a redirected request picked the journey up
+            }
+            // The attempt is out and no answer came: the upstream filter
+            // handed it back and the redirected request will pick the
+            // journey up (or the client went away: see `relay::sweep`).
+            let handed_back =
+                j.borrow().relay.is_some() && stage.is_some_and(Stage::attempt_out) && self.watch.status.is_none();
+            if handed_back {
+                let mut jb = j.borrow_mut();
+                jb.stage = Stage::Relaying;
+                jb.orphaned_ms = Some(p.now());
+                return;
+            }
+            if let Some(token) = j.borrow_mut().relay.take() {
+                p.relays.borrow_mut().close(token);
+            }
             if stage == Some(Stage::Rescuing) {
-                rescue::settle(&p, &j, false, p.now());
+                rescue::settle(&p, j, false, p.now());
             }
         }
         // A rescued or refused request recorded its attempts as they ended.
@@ -570,6 +664,22 @@ impl<H: Host> Stream<H> {
             Outcome::Success => p.last_now(),
             _ => p.now(),
         };
+        // A relayed journey's last attempt: its failure waits with the
+        // others (see `Flight::defers`), and the journey settles.
+        if let Some(j) = journey.filter(|j| j.borrow().flight.attempts.len() > 1) {
+            if j.borrow().flight.defers(&outcome) {
+                j.borrow_mut().flight.pending.push(Pending {
+                    attempt: routed,
+                    outcome,
+                    stream_error: kind,
+                });
+            } else {
+                p.record(&routed, outcome, kind.as_deref(), now_ms);
+            }
+            let served = matches!(outcome, Outcome::Success | Outcome::Slow(_));
+            rescue::settle(&p, &j, served, now_ms);
+            return;
+        }
         p.record(&routed, outcome, kind.as_deref(), now_ms);
     }
 

@@ -262,6 +262,11 @@ impl Host for WasmHost {
         check(unsafe { proxy_continue_stream(0) })
     }
 
+    fn resume_response(&self) -> HostResult<()> {
+        // SAFETY: plain value argument (1: the response stream).
+        check(unsafe { proxy_continue_stream(1) })
+    }
+
     fn send_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8], details: &str) -> HostResult<()> {
         let map = abi::serialize_pairs(headers);
         // SAFETY: pointers and lengths describe live buffers.

@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "llm_failover.wasm"
 CLUSTER_HEADER = "x-llm-failover-cluster"
+RELAY_HEADER = "x-llm-failover-relay"
 VENDOR_HEADER = "x-llm-failover-vendor"
 
 
@@ -50,8 +51,8 @@ def filter_config(vendor_list: list[dict], **overrides) -> dict:
     return config
 
 
-def cluster(name: str, port: int, connect_timeout: str = "0.5s") -> dict:
-    return {
+def cluster(name: str, port: int, connect_timeout: str = "0.5s", upstream_filter: dict | None = None) -> dict:
+    c = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": connect_timeout,
@@ -62,6 +63,23 @@ def cluster(name: str, port: int, connect_timeout: str = "0.5s") -> dict:
             ],
         },
     }
+    if upstream_filter is not None:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [
+                    upstream_filter,
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                        },
+                    },
+                ],
+            }
+        }
+    return c
 
 
 # Envoy's own replies for a vendor that gave no answer (connect failure,
@@ -124,19 +142,37 @@ def envoy_config(
     env: dict[str, str] | None = None,
     body_access: bool = True,
     host_env: list[str] | None = None,
+    relay: bool = False,
+    max_internal_redirects: int = 4,
+    redirect_policy: bool = True,
 ) -> dict:
     """Listener -> [drop client routing header] -> llm-failover -> router,
-    one STATIC cluster per vendor. Mirrors envoy/envoy.yaml."""
+    one STATIC cluster per vendor. Mirrors envoy/envoy.yaml.
+
+    relay: the live-streamed rescue's setup, as envoy/envoy.yaml has it: the
+    same module as an upstream filter on every vendor cluster
+    (`role: upstream`), and an internal redirect policy on the routing
+    route."""
     configuration = filter_json if isinstance(filter_json, str) else json.dumps(filter_json)
     fallback = fallback_cluster or next(iter(vendor_ports))
     idle = {"idle_timeout": route_idle_timeout} if route_idle_timeout else {}
+    redirect = {"internal_redirect_policy": relay_policy(max_internal_redirects)} if relay and redirect_policy else {}
     routes = [
         {
             "match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]},
-            "route": {"cluster_header": CLUSTER_HEADER, "timeout": route_timeout, **idle},
+            "route": {"cluster_header": CLUSTER_HEADER, "timeout": route_timeout, **idle, **redirect},
         },
         {"match": {"prefix": "/"}, "route": {"cluster": fallback, "timeout": route_timeout, **idle}},
     ]
+    vm_config = {
+        "vm_id": "llm_failover",
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": str(wasm)}},
+        # Vendor API keys reach the filter as environment variables.
+        "environment_variables": (
+            {"host_env_keys": host_env} if host_env is not None else {"key_values": env or {}}
+        ),
+    }
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "llm",
@@ -161,15 +197,7 @@ def envoy_config(
                         "failure_policy": failure_policy,
                         # Lets the filter read a request's body before routing it.
                         "allow_on_headers_stop_iteration": body_access,
-                        "vm_config": {
-                            "vm_id": "llm_failover",
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": str(wasm)}},
-                            # Vendor API keys reach the filter as environment variables.
-                            "environment_variables": (
-                                {"host_env_keys": host_env} if host_env is not None else {"key_values": env or {}}
-                            ),
-                        },
+                        "vm_config": vm_config,
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
                             "value": configuration,
@@ -206,7 +234,43 @@ def envoy_config(
                     ],
                 }
             ],
-            "clusters": [cluster(name, port) for name, port in vendor_ports.items()],
+            "clusters": [
+                cluster(name, port, upstream_filter=upstream_wasm(vm_config, failure_policy) if relay else None)
+                for name, port in vendor_ports.items()
+            ],
+        },
+    }
+
+
+def relay_policy(max_internal_redirects: int = 4) -> dict:
+    """The routing route's internal redirect policy: a 307 from the upstream
+    filter sends the buffered request through the listener again, with the
+    journey's token copied onto it."""
+    return {
+        "max_internal_redirects": max_internal_redirects,
+        "redirect_response_codes": [307],
+        "response_headers_to_copy": [RELAY_HEADER],
+    }
+
+
+def upstream_wasm(vm_config: dict, failure_policy: str = "FAIL_CLOSED") -> dict:
+    """The same module as an upstream (cluster) filter, in a VM of its own
+    (its own vm_id: the two roles refuse to share one)."""
+    vm_config = {**vm_config, "vm_id": "llm_failover_upstream", "environment_variables": {}}
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "llm_failover_upstream",
+                "root_id": "llm_failover",
+                "failure_policy": failure_policy,
+                "vm_config": vm_config,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": json.dumps({"role": "upstream"}),
+                },
+            },
         },
     }
 

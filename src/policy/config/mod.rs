@@ -29,6 +29,63 @@ use tuning::{
 use vendors::{parse_vendors, units_of};
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-llm-failover-cluster";
+
+/// Where a filter instance sits: in the listener's HTTP filter chain, or on
+/// a vendor cluster as an upstream filter that hands failed answers back
+/// to the router (see `policy::relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Downstream,
+    /// Takes every setting from the downstream filter of the same VM.
+    Upstream,
+}
+
+impl Role {
+    /// The role a filter JSON asks for (`role`, default `downstream`). An
+    /// upstream filter takes no other field: its settings are the
+    /// downstream filter's.
+    pub fn of(bytes: &[u8]) -> Result<Role, ConfigError> {
+        let value: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
+        };
+        let root = Fields::new("", &value)?;
+        let role = parse_role(&root)?;
+        if role == Role::Upstream {
+            let mut others = value.as_object().into_iter().flat_map(|o| o.keys());
+            if let Some(other) = others.find(|k| *k != "role" && *k != "failure_statuses") {
+                return err(
+                    other,
+                    "is not taken by an upstream filter (`role: \"upstream\"`), which takes only \
+                     `failure_statuses`: the downstream filter tells it the rest with each request",
+                );
+            }
+        }
+        Ok(role)
+    }
+
+    /// An upstream filter's `failure_statuses` (give it the downstream
+    /// filter's, if that one changes them).
+    pub fn upstream_statuses(bytes: &[u8]) -> Result<StatusSet, ConfigError> {
+        let value: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
+        };
+        let root = Fields::new("", &value)?;
+        let _ = parse_role(&root)?;
+        let statuses = parse_statuses(&root)?;
+        root.finish()?;
+        Ok(statuses)
+    }
+}
+
+fn parse_role(root: &Fields) -> Result<Role, ConfigError> {
+    match root.string("role")?.as_deref() {
+        None | Some("downstream") => Ok(Role::Downstream),
+        Some("upstream") => Ok(Role::Upstream),
+        Some(other) => err("role", format!("must be \"downstream\" or \"upstream\", got {other:?}")),
+    }
+}
 pub const DEFAULT_VENDOR_HEADER: &str = "x-llm-failover-vendor";
 
 /// The validated configuration.
@@ -90,6 +147,12 @@ impl Config {
             Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
         };
         let root = Fields::new("", &value)?;
+        if parse_role(&root)? == Role::Upstream {
+            return err(
+                "role",
+                "an upstream filter's configuration is read with `Role::upstream_statuses`",
+            );
+        }
         let cluster_header = root.header_name("cluster_header", DEFAULT_CLUSTER_HEADER)?;
         let vendor_header = match root.header_name_or_empty("vendor_header", DEFAULT_VENDOR_HEADER)? {
             h if h.is_empty() => None,

@@ -117,6 +117,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    pub(super) fn boolean(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => err(&self.path(key), format!("must be true or false, got {}", kind(other))),
+        }
+    }
+
     /// A whole number from `min` to `max`.
     pub(super) fn integer_in(&self, key: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
         self.whole(key, default, min, max, Some)

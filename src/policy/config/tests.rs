@@ -65,6 +65,7 @@ fn minimal_config_takes_every_default() {
             max_body_bytes: 512 * 1024,
             first_token_ms: None,
             max_answer_bytes: 2 * 1024 * 1024,
+            relay: false,
         }
     );
     assert_eq!(
@@ -496,6 +497,7 @@ fn successes_default_follows_probes() {
 /// Every field of the configuration reference (the README's table), with
 /// `[]` standing for any list index.
 const REFERENCE: &[&str] = &[
+    "role",
     "cluster_header",
     "vendor_header",
     "vendors",
@@ -516,6 +518,7 @@ const REFERENCE: &[&str] = &[
     "rescue.max_body_bytes",
     "rescue.first_token_timeout",
     "rescue.max_answer_bytes",
+    "rescue.relay",
     "window.length",
     "window.buckets",
     "trip.min_requests",
@@ -1110,6 +1113,7 @@ impl Gen {
                         &["1024", "2097152", "67108864"],
                         &["1023", "67108865", "\"2m\""],
                     ),
+                    ("relay", &["true", "false"], &["1", "\"yes\""]),
                 ],
             ),
             (
@@ -1189,7 +1193,8 @@ impl Gen {
             };
             doc.insert("failure_statuses".into(), statuses);
         }
-        let tail: [Field; 2] = [
+        let tail: [Field; 3] = [
+            ("role", &["\"downstream\""], &["\"upstream\"", "\"sideways\"", "1"]),
             ("all_down", &["\"soonest\"", "\"reject\""], &["\"panic\""]),
             (
                 "refresh_interval",
@@ -1372,4 +1377,32 @@ fn formats_by_path_whatever_the_case_trailing_slash_or_query() {
     ] {
         assert_eq!(Format::of_path(path), format, "{}", String::from_utf8_lossy(path));
     }
+}
+
+#[test]
+fn an_upstream_filter_takes_its_role_and_failure_statuses_only() {
+    assert_eq!(Role::of(br#"{"vendors":[{"name":"a"}]}"#), Ok(Role::Downstream));
+    assert_eq!(
+        Role::of(br#"{"role":"downstream","vendors":[{"name":"a"}]}"#),
+        Ok(Role::Downstream)
+    );
+    assert_eq!(Role::of(br#"{"role":"upstream"}"#), Ok(Role::Upstream));
+    assert_eq!(
+        Role::upstream_statuses(br#"{"role":"upstream","failure_statuses":[500]}"#)
+            .unwrap()
+            .to_vec(),
+        vec![500]
+    );
+    let refused = |json: &str| Role::of(json.as_bytes()).unwrap_err().field;
+    assert_eq!(refused(r#"{"role":"upstream","vendors":[]}"#), "vendors");
+    assert_eq!(refused(r#"{"role":"sideways"}"#), "role");
+    assert_eq!(refused(r#"{"role":1}"#), "role");
+    assert_eq!(
+        Role::upstream_statuses(br#"{"role":"upstream","failure_statuses":[99]}"#)
+            .unwrap_err()
+            .field,
+        "failure_statuses[0]"
+    );
+    // The downstream parser never takes an upstream filter's document.
+    assert_eq!(parse(r#"{"role":"upstream"}"#).unwrap_err().field, "role");
 }

@@ -48,6 +48,10 @@ pub struct Rescue {
     /// A rescue callout's answer larger than this is not held in the VM
     /// (whose memory never shrinks): the client gets a 502 instead.
     pub max_answer_bytes: u64,
+    /// Requests name their journey for the upstream filter (`role:
+    /// "upstream"`) on the vendor clusters, which hands failed answers back
+    /// to the router so the next attempt streams live (`policy::relay`).
+    pub relay: bool,
 }
 
 impl Rescue {
@@ -57,6 +61,7 @@ impl Rescue {
         max_body_bytes: 512 * 1024,
         first_token_ms: None,
         max_answer_bytes: 2 * 1024 * 1024,
+        relay: false,
     };
 }
 
@@ -303,6 +308,7 @@ pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
     let max_body_bytes = f.integer_in("max_body_bytes", d.max_body_bytes, 0, 64 * 1024 * 1024)?;
     let first_token_ms = f.optional_duration("first_token_timeout", d.first_token_ms, 10, 3_600_000)?;
     let max_answer_bytes = f.integer_in("max_answer_bytes", d.max_answer_bytes, 1024, 64 * 1024 * 1024)?;
+    let relay = f.boolean("relay", d.relay)?;
     f.finish()?;
     Ok(Rescue {
         max_attempts,
@@ -310,6 +316,7 @@ pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
         max_body_bytes,
         first_token_ms,
         max_answer_bytes,
+        relay,
     })
 }
 

@@ -61,6 +61,8 @@ pub struct FakeStream {
     pub reply: Option<Reply>,
     /// Times the filter resumed the paused request.
     pub resumed: u32,
+    /// Times the filter resumed the paused response.
+    pub resumed_response: u32,
 }
 
 /// A callout the filter sent.
@@ -324,6 +326,10 @@ impl Host for FakeHost {
         }
         self.vm.current.set(context_id);
         Ok(())
+    }
+
+    fn resume_response(&self) -> HostResult<()> {
+        self.on_stream(|s| s.resumed_response += 1)
     }
 
     fn resume_request(&self) -> HostResult<()> {
