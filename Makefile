@@ -79,6 +79,8 @@ bench: setup build
 	$(VPY) bench/run.py --sse 50 --variants empty,filter --connections 16 --rounds 3 \
 		--output bench/results/sse.json $(BENCH_ARGS)
 	cargo run --quiet --release --example scan_cost
+	$(VPY) bench/ttfb.py
+	$(VPY) bench/ttfb.py --fail-latency 0 --output bench/results/ttfb-instant.json
 
 # Load checks (tests/load/README.md), not part of `make test`.
 # stress: 200 connections, STRESS_REQUESTS requests over 4 workers; the shared
