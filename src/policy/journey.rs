@@ -41,6 +41,9 @@ pub enum Stage {
     /// The redirected request, routed to the next candidate, waits for its
     /// body to be replaced with the one adapted for that candidate.
     Resending,
+    /// The redirected request is held until it may be retried on the same
+    /// vendor (`Journey::retry_at`); `body_in` once its body is all here.
+    Waiting { body_in: bool },
 }
 
 /// What the response callbacks do while the filter answers the client.
@@ -59,7 +62,7 @@ impl Stage {
         match self {
             // An answer while the request is still held is Envoy's own (a
             // timeout): no vendor was asked.
-            Stage::Replying | Stage::Buffering { .. } | Stage::Resending => Some(Aside::LetBy),
+            Stage::Replying | Stage::Buffering { .. } | Stage::Resending | Stage::Waiting { .. } => Some(Aside::LetBy),
             Stage::Rescuing => Some(Aside::Hold),
             _ => None,
         }
@@ -82,7 +85,7 @@ impl Stage {
     pub fn records_at_end(self) -> bool {
         !matches!(
             self,
-            Stage::Buffering { .. } | Stage::Rescuing | Stage::Replying | Stage::Relaying
+            Stage::Buffering { .. } | Stage::Rescuing | Stage::Replying | Stage::Relaying | Stage::Waiting { .. }
         )
     }
 }
@@ -111,6 +114,8 @@ pub struct Journey {
     pub relay: Option<u64>,
     /// When its stream ended with the attempt out (`Stage::Relaying`).
     pub orphaned_ms: Option<u64>,
+    /// When its failed attempt is retried on the same vendor.
+    pub retry_at: Option<u64>,
 }
 
 pub type JourneyRef = Rc<RefCell<Journey>>;
@@ -138,6 +143,7 @@ impl Journey {
             body_callbacks: 0,
             relay: None,
             orphaned_ms: None,
+            retry_at: None,
         }
     }
 

@@ -161,9 +161,51 @@ impl Flight {
 
     /// Every attempt failed, on at least two vendors.
     pub fn failed_everywhere(&self) -> bool {
-        self.attempts.len() > 1
+        self.attempts
+            .iter()
+            .any(|a| Some(a.vendor) != self.attempts.first().map(|f| f.vendor))
     }
 
+    /// Whether the current attempt's failure is retried on the same vendor,
+    /// and after how many ms: a transient failure after `retry_backoff`
+    /// (scaled by `jitter`, any number, to 50-150 %), a 429 whose reset
+    /// comes within `rate_limit_wait` once it is over. Never a second time
+    /// on one vendor (at most two attempts on a vendor per request), never
+    /// past `max_attempts` or the deadline. Whether the vendor may take it
+    /// then (not ejected, not rate-limited) is the choice's to say.
+    pub fn same_vendor_wait(&self, outcome: &Outcome, rescue: &Rescue, now_ms: u64, jitter: u64) -> Option<u64> {
+        let current = self.current()?;
+        let on_vendor = self.attempts.iter().filter(|a| a.vendor == current.vendor).count();
+        if on_vendor >= 2 || (self.attempts.len() as u32) >= self.max_attempts.get() {
+            return None;
+        }
+        let wait = match outcome {
+            o if transient(o) => {
+                let base = rescue.retry_backoff_ms?;
+                base.saturating_mul(500 + jitter % 1001) / 1000
+            }
+            Outcome::RateLimited(Some(reset_ms)) if *reset_ms <= rescue.rate_limit_wait_ms? => {
+                reset_ms.saturating_add(RATE_LIMIT_MARGIN_MS)
+            }
+            _ => return None,
+        };
+        (now_ms.saturating_add(wait) < self.deadline_ms).then_some(wait)
+    }
+}
+
+/// Waited past a 429's reset, so the vendor's cooldown is surely over.
+pub const RATE_LIMIT_MARGIN_MS: u64 = 25;
+
+/// Failures worth one more try on the same vendor: an overloaded or
+/// briefly broken vendor, not a refused key, a timeout or a dead host.
+pub fn transient(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Failure(Reason::Status(500 | 502 | 503 | 504 | 529) | Reason::Reset | Reason::StreamError)
+    )
+}
+
+impl Flight {
     /// Vendor indices in the order they were tried.
     pub fn tried_vendors(&self) -> Vec<VendorId> {
         self.attempts.iter().map(|a| a.vendor).collect()
@@ -209,8 +251,57 @@ mod tests {
             first_token_ms: None,
             max_answer_bytes: 1 << 20,
             relay: false,
+            retry_backoff_ms: Some(100),
+            rate_limit_wait_ms: Some(1_000),
         };
         Flight::new(Some(Format::OpenAi), false, plan, 1_000, &rescue)
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_once_on_its_vendor_within_the_bounds() {
+        let r = Rescue::DEFAULT;
+        let mut f = flight(&[None, None]);
+        f.start(attempt(0));
+        let s503 = Outcome::Failure(Reason::Status(503));
+        let wait = |f: &Flight, o: &Outcome, now: u64, jitter: u64| f.same_vendor_wait(o, &r, now, jitter);
+        assert_eq!(wait(&f, &s503, 1_000, 0), Some(50), "jittered down to half");
+        assert_eq!(wait(&f, &s503, 1_000, 1_000), Some(150), "and up to half again");
+        assert_eq!(wait(&f, &Outcome::Failure(Reason::Reset), 1_000, 500), Some(100));
+        for not in [
+            Outcome::Failure(Reason::Auth(401)),
+            Outcome::Failure(Reason::Timeout),
+            Outcome::Failure(Reason::ConnectFailure),
+            Outcome::Failure(Reason::Status(501)),
+            Outcome::Neutral(Some(400)),
+            Outcome::RateLimited(None),
+            Outcome::RateLimited(Some(1_001)),
+        ] {
+            assert_eq!(wait(&f, &not, 1_000, 0), None, "{not:?}");
+        }
+        assert_eq!(wait(&f, &Outcome::RateLimited(Some(800)), 1_000, 0), Some(825));
+        assert_eq!(wait(&f, &s503, 10_990, 1_000), None, "past the deadline");
+        f.start(attempt(0));
+        assert_eq!(wait(&f, &s503, 1_000, 0), None, "two attempts on a vendor at most");
+        let mut f = flight(&[None, None]);
+        f.max_attempts = NonZeroU32::MIN;
+        f.start(attempt(0));
+        assert_eq!(wait(&f, &s503, 1_000, 0), None, "out of attempts");
+        let off = Rescue {
+            retry_backoff_ms: None,
+            rate_limit_wait_ms: None,
+            ..Rescue::DEFAULT
+        };
+        let mut f = flight(&[None, None]);
+        f.start(attempt(0));
+        assert_eq!(f.same_vendor_wait(&s503, &off, 1_000, 0), None);
+        assert_eq!(
+            f.same_vendor_wait(&Outcome::RateLimited(Some(10)), &off, 1_000, 0),
+            None
+        );
+        f.start(attempt(0));
+        assert!(!f.failed_everywhere(), "one vendor, twice");
+        f.start(attempt(1));
+        assert!(f.failed_everywhere());
     }
 
     #[test]

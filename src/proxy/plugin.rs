@@ -58,7 +58,14 @@ pub struct Plugin<H: Host> {
     model_names: RefCell<Vec<(u64, String)>>,
     /// This VM's journeys with an attempt out (see `policy::relay`).
     pub relays: Rc<RefCell<Relays>>,
+    /// The tick period the configuration asks for, and whether it is
+    /// shortened now (while a same-vendor retry waits).
+    pub tick_ms: Cell<u64>,
+    fast_tick: Cell<bool>,
 }
+
+/// The tick period while a same-vendor retry waits.
+pub const RETRY_TICK_MS: u64 = 20;
 
 /// How many requested models' names a worker keeps for its log lines.
 const MODEL_NAMES_KEPT: usize = 64;
@@ -98,7 +105,8 @@ impl<H: Host> Plugin<H> {
             body_access: Cell::new(BodyAccess::Unknown),
             model_names: RefCell::new(Vec::new()),
             relays,
-
+            tick_ms: Cell::new(config.refresh_ms),
+            fast_tick: Cell::new(false),
             config: Rc::new(config),
         })
     }
@@ -530,6 +538,23 @@ impl<H: Host> Plugin<H> {
             if let Err(e) = done {
                 log::debug!("cannot change request header {edit:?} (host status {})", e.0);
             }
+        }
+    }
+
+    /// Shortens the tick while a same-vendor retry waits (so it goes on
+    /// time), and restores it after.
+    pub fn tick_fast(&self, fast: bool) {
+        if self.fast_tick.get() == fast {
+            return;
+        }
+        self.fast_tick.set(fast);
+        let ms = if fast {
+            RETRY_TICK_MS.min(self.tick_ms.get())
+        } else {
+            self.tick_ms.get()
+        };
+        if let Err(e) = self.host.set_tick_period_ms(ms) {
+            log::debug!("cannot change the tick period (host status {})", e.0);
         }
     }
 

@@ -8,6 +8,7 @@
 //! filter's stream.
 
 use crate::policy::answer::{self, AtHeaders, Head};
+use crate::policy::classify::Outcome;
 use crate::policy::config::StatusSet;
 use crate::policy::journey::{JourneyRef, Stage};
 use crate::policy::plan::Attempt;
@@ -85,7 +86,7 @@ pub fn offer<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) {
 /// A redirected request's journey, if its relay header (`value`) may be
 /// honoured: the handed-back attempt is charged, and the journey now
 /// belongs to stream `ctx`. With why it moves.
-pub fn claim<H: Host>(p: &Plugin<H>, ctx: u32, value: &[u8], now_ms: u64) -> Option<(JourneyRef, Move)> {
+pub fn claim<H: Host>(p: &Plugin<H>, ctx: u32, value: &[u8], now_ms: u64) -> Option<(JourneyRef, Move, Outcome)> {
     let back = HandBack::parse(value)?;
     let connection = p.host.property_u64(CONNECTION_ID);
     let j = match p.relays.borrow().claim(back.token, connection) {
@@ -96,7 +97,7 @@ pub fn claim<H: Host>(p: &Plugin<H>, ctx: u32, value: &[u8], now_ms: u64) -> Opt
         }
     };
     p.add(p.stats.relayed, 1);
-    charge(p, &j, &back, now_ms);
+    let outcome = charge(p, &j, &back, now_ms);
     {
         let mut jb = j.borrow_mut();
         jb.ctx = ctx;
@@ -104,15 +105,15 @@ pub fn claim<H: Host>(p: &Plugin<H>, ctx: u32, value: &[u8], now_ms: u64) -> Opt
         jb.orphaned_ms = None;
     }
     p.journeys.borrow_mut().insert(ctx, j.clone());
-    Some((j, back.why()))
+    Some((j, back.why(), outcome))
 }
 
-/// Charges the attempt the upstream filter handed back.
-fn charge<H: Host>(p: &Plugin<H>, j: &JourneyRef, back: &HandBack, now_ms: u64) {
-    let Some(attempt) = j.borrow().flight.current().copied() else {
-        return;
-    };
+/// Charges the attempt the upstream filter handed back; its outcome.
+fn charge<H: Host>(p: &Plugin<H>, j: &JourneyRef, back: &HandBack, now_ms: u64) -> Outcome {
     let (outcome, stream_error) = back.outcome(&p.config.failure_statuses);
+    let Some(attempt) = j.borrow().flight.current().copied() else {
+        return outcome;
+    };
     if j.borrow().flight.defers(&outcome) {
         j.borrow_mut().flight.pending.push(Pending {
             attempt,
@@ -122,6 +123,7 @@ fn charge<H: Host>(p: &Plugin<H>, j: &JourneyRef, back: &HandBack, now_ms: u64) 
     } else {
         p.record(&attempt, outcome, stream_error.as_deref(), now_ms);
     }
+    outcome
 }
 
 /// Makes the redirected request's headers the next candidate's; `None` if
@@ -147,6 +149,42 @@ pub fn route_next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64
     }
     log::debug!("relaying a request to vendor {}", p.vendor_name(attempt.vendor));
     Some(attempt)
+}
+
+/// A redirected request held for a same-vendor retry, now due: sent to the
+/// same vendor again by the router (its body is that vendor's already). If
+/// the vendor may not take it now, or the body is not all here, it is
+/// rescued by a callout instead (the body can only be replaced in a body
+/// callback).
+pub fn retry<H: Host>(p: &Plugin<H>, j: &JourneyRef, body_in: bool, now_ms: u64) {
+    let chosen = if body_in {
+        rescue::choose_same(p, j, now_ms)
+    } else {
+        None
+    };
+    let Some((attempt, candidate)) = chosen else {
+        j.borrow_mut().stage = Stage::Rescuing;
+        rescue::next(p, j, Move::Failure, now_ms);
+        return;
+    };
+    let current = p.host.headers(Map::RequestHeaders).unwrap_or_default();
+    let format = j.borrow().format;
+    p.send_to(attempt.vendor, Some(&candidate), format, &current);
+    if find(&current, ORIGINAL_URL).is_some() {
+        let _ = p.host.remove_header(Map::RequestHeaders, ORIGINAL_URL);
+    }
+    offer(p, j, now_ms);
+    {
+        let mut jb = j.borrow_mut();
+        jb.stage = Stage::Routed;
+        if jb.flight.stream {
+            jb.first_token_deadline = p.config.rescue.first_token_ms.map(|ms| now_ms.saturating_add(ms));
+        }
+    }
+    log::debug!("retrying a request on vendor {}", p.vendor_name(attempt.vendor));
+    if let Err(e) = p.host.resume_request() {
+        log::warn!("cannot resume a request held for a retry (host status {})", e.0);
+    }
 }
 
 /// Replaces the redirected request's body (as the last vendor took it)
@@ -186,9 +224,9 @@ pub fn not_followed<H: Host>(
          redirect_response_codes [307] and response_headers_to_copy [{RELAY_HEADER}], and a buffer limit above the \
          request size; rescuing with a callout"
     );
-    charge(p, j, &back, now_ms);
+    let outcome = charge(p, j, &back, now_ms);
     j.borrow_mut().stage = Stage::Rescuing;
-    rescue::next(p, j, back.why(), now_ms);
+    rescue::after_failure(p, j, &outcome, back.why(), now_ms);
     Some(Action::Pause)
 }
 
@@ -203,7 +241,7 @@ pub fn sweep<H: Host>(p: &Plugin<H>, now_ms: u64) {
     for e in stale {
         let attempt = e.journey.borrow().flight.current().copied();
         if let Some(a) = attempt {
-            p.record(&a, crate::policy::classify::Outcome::Neutral(None), None, now_ms);
+            p.record(&a, Outcome::Neutral(None), None, now_ms);
         }
         rescue::settle(p, &e.journey, false, now_ms);
     }

@@ -14,6 +14,35 @@ use crate::policy::store;
 use crate::proxy::host::{find, Buffer, Host, Map, REQUEST_TOTAL_SIZE};
 use crate::proxy::plugin::Plugin;
 
+/// A failed attempt (its `outcome` recorded): retried on the same vendor
+/// after a wait where the policy allows (see `Flight::same_vendor_wait`),
+/// else moved on to the next candidate.
+pub fn after_failure<H: Host>(p: &Plugin<H>, j: &JourneyRef, outcome: &Outcome, why: Move, now_ms: u64) {
+    if why == Move::Failure {
+        if let Some(wait) = same_vendor_wait(p, j, outcome, now_ms) {
+            schedule_retry(p, j, now_ms.saturating_add(wait));
+            return;
+        }
+    }
+    next(p, j, why, now_ms);
+}
+
+/// The wait before a same-vendor retry, if the policy allows one.
+pub fn same_vendor_wait<H: Host>(p: &Plugin<H>, j: &JourneyRef, outcome: &Outcome, now_ms: u64) -> Option<u64> {
+    let jb = j.borrow();
+    // Jitter from the clock and the request: spreads the retries of many
+    // requests that failed at once.
+    let jitter = (now_ms ^ u64::from(jb.ctx).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33;
+    jb.flight.same_vendor_wait(outcome, &p.config.rescue, now_ms, jitter)
+}
+
+/// Holds the journey until `at`; the tick then retries it (`retry_due`).
+pub fn schedule_retry<H: Host>(p: &Plugin<H>, j: &JourneyRef, at: u64) {
+    j.borrow_mut().retry_at = Some(at);
+    p.tick_fast(true);
+    p.add(p.stats.same_vendor_retries, 1);
+}
+
 /// Moves a journey whose current attempt failed to the next candidate,
 /// or answers the client if none is left.
 pub fn next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) {
@@ -24,33 +53,97 @@ pub fn next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) {
         let Some((attempt, candidate)) = choose(p, j, why, now_ms) else {
             break;
         };
-        let Some(v) = p.config.vendors.get(attempt.vendor) else {
-            continue;
-        };
-        let (request, timeout_ms, ctx) = {
-            let jb = j.borrow();
-            let request = outbound::callout_request(&jb, v, &candidate, &p.config.cluster_header);
-            (request, jb.flight.time_left(now_ms), jb.ctx)
-        };
-        match p
-            .host
-            .dispatch(&v.cluster, &request.header_refs(), Some(&request.body), timeout_ms)
-        {
-            Ok(token) => {
-                p.callouts.borrow_mut().insert(token, ctx);
-                p.add(p.stats.rescue_attempts, 1);
-                log::debug!("rescuing a request with vendor {}", v.name);
-                return;
-            }
-            Err(e) => {
-                // The callout could not even start (the cluster is gone):
-                // that attempt failed; the next candidate may serve.
-                log::debug!("cannot send a rescue to {} (host status {})", v.cluster, e.0);
-                p.mark_missing(attempt.vendor);
-            }
+        if dispatch(p, j, attempt, &candidate, now_ms) {
+            return;
         }
     }
     give_up(p, j, now_ms);
+}
+
+/// Sends the journey's attempt as a callout; `false` if it could not even
+/// start (the cluster is gone: that attempt failed).
+fn dispatch<H: Host>(p: &Plugin<H>, j: &JourneyRef, attempt: Attempt, candidate: &Candidate, now_ms: u64) -> bool {
+    let Some(v) = p.config.vendors.get(attempt.vendor) else {
+        return false;
+    };
+    let (request, timeout_ms, ctx) = {
+        let jb = j.borrow();
+        let request = outbound::callout_request(&jb, v, candidate, &p.config.cluster_header);
+        (request, jb.flight.time_left(now_ms), jb.ctx)
+    };
+    match p
+        .host
+        .dispatch(&v.cluster, &request.header_refs(), Some(&request.body), timeout_ms)
+    {
+        Ok(token) => {
+            p.callouts.borrow_mut().insert(token, ctx);
+            p.add(p.stats.rescue_attempts, 1);
+            log::debug!("rescuing a request with vendor {}", v.name);
+            true
+        }
+        Err(e) => {
+            log::debug!("cannot send a rescue to {} (host status {})", v.cluster, e.0);
+            p.mark_missing(attempt.vendor);
+            false
+        }
+    }
+}
+
+/// The same vendor again for the journey's current candidate, started; `None`
+/// if it may not take it now (ejected, rate-limited, busy probing) or the
+/// journey is out of attempts or time.
+pub fn choose_same<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) -> Option<(Attempt, Candidate)> {
+    let mut jb = j.borrow_mut();
+    let candidate = jb.flight.current_candidate()?.clone();
+    if (jb.flight.attempts.len() as u32) >= jb.flight.max_attempts.get() || now_ms >= jb.flight.deadline_ms {
+        return None;
+    }
+    let candidates = [candidate.clone()];
+    let ask = Ask {
+        candidates: &candidates,
+        all_down: AllDown::Reject,
+        tried: &[],
+        claim_probes: true,
+    };
+    let Choice::Route { attempt, .. } = p.pick(&ask, &mut || now_ms) else {
+        return None;
+    };
+    jb.flight.start(attempt)?;
+    Some((attempt, candidate))
+}
+
+/// Journeys whose same-vendor retry is due: sent again, by a callout (a
+/// journey held in the filter) or by the router (a redirected request held
+/// in its headers); moved on instead if the vendor may not take it now.
+pub fn retry_due<H: Host>(p: &Plugin<H>, now_ms: u64) {
+    let due: Vec<JourneyRef> = p
+        .journeys
+        .borrow()
+        .values()
+        .filter(|j| j.borrow().retry_at.is_some_and(|at| now_ms >= at))
+        .cloned()
+        .collect();
+    for j in due {
+        let (ctx, stage) = {
+            let mut jb = j.borrow_mut();
+            jb.retry_at = None;
+            (jb.ctx, jb.stage)
+        };
+        if p.host.set_effective_context(ctx).is_err() {
+            continue;
+        }
+        match stage {
+            Stage::Rescuing => match choose_same(p, &j, now_ms) {
+                Some((attempt, candidate)) if dispatch(p, &j, attempt, &candidate, now_ms) => {}
+                _ => next(p, &j, Move::Failure, now_ms),
+            },
+            Stage::Waiting { body_in } => crate::proxy::relay::retry(p, &j, body_in, now_ms),
+            _ => {}
+        }
+    }
+    if !p.journeys.borrow().values().any(|j| j.borrow().retry_at.is_some()) {
+        p.tick_fast(false);
+    }
 }
 
 /// The journey's next attempt, started: the best candidate left that is
@@ -131,7 +224,7 @@ pub fn on_callout<H: Host>(p: &Plugin<H>, token: u32, num_headers: usize, body_s
     }
     let after = answer::after_callout(&judged, status, &j.borrow().flight, now_ms);
     match after {
-        AfterCallout::Move(why) => next(p, &j, why, now_ms),
+        AfterCallout::Move(why) => after_failure(p, &j, &judged.outcome, why, now_ms),
         AfterCallout::GiveUp => give_up(p, &j, now_ms),
         AfterCallout::Deliver(_) if too_large => {
             settle(p, &j, true, now_ms);

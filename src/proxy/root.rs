@@ -141,6 +141,7 @@ impl<H: Host + Clone> Root<H> {
             Some(_) => plugin.config.refresh_ms.min(FIRST_TOKEN_TICK_MS),
             None => plugin.config.refresh_ms,
         };
+        plugin.tick_ms.set(tick_ms);
         if let Err(e) = self.host.set_tick_period_ms(tick_ms) {
             log::warn!("cannot set the tick period (host status {}); gauges will lag", e.0);
         }
@@ -180,6 +181,7 @@ impl<H: Host + Clone> Root<H> {
         if !p.journeys.borrow().is_empty() {
             rescue::check_first_tokens(p, now_ms);
             rescue::release_stuck(p, now_ms);
+            rescue::retry_due(p, now_ms);
         }
         relay::sweep(p, now_ms);
         if now_ms >= p.next_refresh_ms.get() {

@@ -59,6 +59,9 @@ pub struct GlobalStats {
     /// Hand-backs Envoy did not follow (no `internal_redirect_policy`, or
     /// a body past its buffer): rescued with callouts instead.
     pub relays_not_followed: u32,
+    /// Failed attempts retried on the same vendor (after a back-off, or
+    /// once a short rate limit was over).
+    pub same_vendor_retries: u32,
     /// Requests answered 503 because no vendor was left to try.
     pub rescues_failed: u32,
     /// Of those, requests that failed on every vendor tried (two or more):
@@ -169,6 +172,7 @@ impl GlobalStats {
             rescue_attempts: counter("rescue_attempts")?,
             relayed: counter("relayed")?,
             relays_not_followed: counter("relays_not_followed")?,
+            same_vendor_retries: counter("same_vendor_retries")?,
             rescues_failed: counter("rescues_failed")?,
             failed_everywhere: counter("failed_everywhere")?,
             first_token_timeouts: counter("first_token_timeouts")?,

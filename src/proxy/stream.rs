@@ -149,9 +149,17 @@ impl<H: Host> Stream<H> {
         end_of_stream: bool,
         now_ms: u64,
     ) -> Option<Action> {
-        let (j, why) = relay::claim(p, self.ctx, relay_value, now_ms)?;
+        let (j, why, outcome) = relay::claim(p, self.ctx, relay_value, now_ms)?;
         self.format = j.borrow().format;
         self.journey = Some(j.clone());
+        if why == Move::Failure {
+            if let Some(wait) = rescue::same_vendor_wait(p, &j, &outcome, now_ms) {
+                // Held in its headers until the same vendor may take it again.
+                j.borrow_mut().stage = Stage::Waiting { body_in: end_of_stream };
+                rescue::schedule_retry(p, &j, now_ms.saturating_add(wait));
+                return Some(Action::Pause);
+            }
+        }
         let Some(attempt) = relay::route_next(p, &j, why, now_ms) else {
             return Some(Action::Pause); // answered: nothing left to try
         };
@@ -206,6 +214,14 @@ impl<H: Host> Stream<H> {
             return Action::Continue;
         };
         let stage = j.borrow().stage;
+        if let Stage::Waiting { .. } = stage {
+            // Held for a same-vendor retry: the body is the one that vendor
+            // takes already; the tick lets it go.
+            if end_of_stream {
+                j.borrow_mut().stage = Stage::Waiting { body_in: true };
+            }
+            return Action::Pause;
+        }
         if stage == Stage::Resending {
             // A redirected request's body, as the last vendor took it.
             if !end_of_stream {
@@ -334,12 +350,26 @@ impl<H: Host> Stream<H> {
         };
         p.record(&attempt, outcome, kind, now_ms);
         j.borrow_mut().stage = Stage::Rescuing;
-        rescue::next(p, &j, why, now_ms);
+        rescue::after_failure(p, &j, &outcome, why, now_ms);
         Action::Pause
+    }
+
+    /// The router's attempt is the journey's current one: a retry the tick
+    /// sent on (`relay::retry`) started it outside this stream's callbacks.
+    fn sync_routed(&mut self) {
+        if let Some(j) = &self.journey {
+            let jb = j.borrow();
+            if matches!(jb.stage, Stage::Routed | Stage::Peeking | Stage::Inspecting) {
+                if let Some(a) = jb.flight.current() {
+                    self.routed = Some(*a);
+                }
+            }
+        }
     }
 
     pub fn on_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.watch.complete |= end_of_stream;
+        self.sync_routed();
         let (Some(p), Some(routed)) = (self.plugin.clone(), self.routed) else {
             return Action::Continue;
         };
@@ -610,6 +640,7 @@ impl<H: Host> Stream<H> {
         let Some(p) = self.plugin.clone() else {
             return;
         };
+        self.sync_routed();
         let stage = self.stage();
         let journey = self.journey.take();
         if let Some(j) = &journey {

@@ -48,6 +48,13 @@ def filter_config(vendor_list: list[dict], **overrides) -> dict:
     }
 
     config.update(overrides)
+    # Same-vendor retries (on by default) are off unless a test asks for
+    # them: most tests count a failing vendor's requests and each attempt's
+    # vendor. tests/e2e/test_retries.py covers them.
+    rescue = dict(config["rescue"])
+    rescue.setdefault("retry_backoff", "off")
+    rescue.setdefault("rate_limit_wait", "off")
+    config["rescue"] = rescue
     return config
 
 

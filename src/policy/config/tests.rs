@@ -66,6 +66,8 @@ fn minimal_config_takes_every_default() {
             first_token_ms: None,
             max_answer_bytes: 2 * 1024 * 1024,
             relay: false,
+            retry_backoff_ms: Some(100),
+            rate_limit_wait_ms: Some(1_000),
         }
     );
     assert_eq!(
@@ -519,6 +521,8 @@ const REFERENCE: &[&str] = &[
     "rescue.first_token_timeout",
     "rescue.max_answer_bytes",
     "rescue.relay",
+    "rescue.retry_backoff",
+    "rescue.rate_limit_wait",
     "window.length",
     "window.buckets",
     "trip.min_requests",
@@ -1114,6 +1118,12 @@ impl Gen {
                         &["1023", "67108865", "\"2m\""],
                     ),
                     ("relay", &["true", "false"], &["1", "\"yes\""]),
+                    (
+                        "retry_backoff",
+                        &["\"off\"", "null", "\"10ms\"", "\"100ms\"", "\"10s\""],
+                        &["\"11s\"", "\"5ms\"", "\"soon\""],
+                    ),
+                    ("rate_limit_wait", &off, &["\"soon\"", "\"2m\"", "5"]),
                 ],
             ),
             (

@@ -52,6 +52,13 @@ pub struct Rescue {
     /// "upstream"`) on the vendor clusters, which hands failed answers back
     /// to the router so the next attempt streams live (`policy::relay`).
     pub relay: bool,
+    /// A transient failure (500, 502, 503, 504, 529, a reset, an error as
+    /// the stream's first event) is retried once on the same vendor after
+    /// this back-off, jittered to 50-150 %; `None`: never.
+    pub retry_backoff_ms: Option<u64>,
+    /// A 429 whose reset comes within this long is waited out and retried
+    /// on the same vendor; a longer one moves at once. `None`: never.
+    pub rate_limit_wait_ms: Option<u64>,
 }
 
 impl Rescue {
@@ -62,6 +69,8 @@ impl Rescue {
         first_token_ms: None,
         max_answer_bytes: 2 * 1024 * 1024,
         relay: false,
+        retry_backoff_ms: Some(100),
+        rate_limit_wait_ms: Some(1_000),
     };
 }
 
@@ -309,6 +318,8 @@ pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
     let first_token_ms = f.optional_duration("first_token_timeout", d.first_token_ms, 10, 3_600_000)?;
     let max_answer_bytes = f.integer_in("max_answer_bytes", d.max_answer_bytes, 1024, 64 * 1024 * 1024)?;
     let relay = f.boolean("relay", d.relay)?;
+    let retry_backoff_ms = f.optional_duration("retry_backoff", d.retry_backoff_ms, 10, 10_000)?;
+    let rate_limit_wait_ms = f.optional_duration("rate_limit_wait", d.rate_limit_wait_ms, 10, 60_000)?;
     f.finish()?;
     Ok(Rescue {
         max_attempts,
@@ -317,6 +328,8 @@ pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
         first_token_ms,
         max_answer_bytes,
         relay,
+        retry_backoff_ms,
+        rate_limit_wait_ms,
     })
 }
 

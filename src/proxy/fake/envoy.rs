@@ -334,7 +334,7 @@ fn exchange(w: &mut Worker, context: u32, request: &Request, upstream: &mut dyn 
     host.enter(context);
     let end_at_headers = chunks.is_empty() && !reset_after_headers;
     let mut held = stream.on_response_headers(headers.len() + 1, end_at_headers) == Action::Pause;
-    answer_callouts(&host, &mut stream, &mut got, &mut answered, upstream);
+    answer_callouts(&host, &mut w.root, &mut stream, &mut got, &mut answered, upstream);
     let (status, chunks) = if reset_after_headers {
         let flags = flags::UPSTREAM_REMOTE_RESET;
         host.with_stream(context, |s| {
@@ -359,7 +359,7 @@ fn exchange(w: &mut Worker, context: u32, request: &Request, upstream: &mut dyn 
         });
         host.enter(context);
         held = stream.on_response_headers(local_headers.len() + 1, false) == Action::Pause;
-        answer_callouts(&host, &mut stream, &mut got, &mut answered, upstream);
+        answer_callouts(&host, &mut w.root, &mut stream, &mut got, &mut answered, upstream);
         (local_status, local_chunks)
     } else {
         (status, chunks)
@@ -381,7 +381,7 @@ fn exchange(w: &mut Worker, context: u32, request: &Request, upstream: &mut dyn 
         host.with_stream(context, |s| s.response_body = shown.clone());
         host.enter(context);
         let action = stream.on_response_body(shown.len(), i == last);
-        answer_callouts(&host, &mut stream, &mut got, &mut answered, upstream);
+        answer_callouts(&host, &mut w.root, &mut stream, &mut got, &mut answered, upstream);
         let out = host.stream(context).response_body;
         if action == Action::Continue {
             passed.extend_from_slice(&out);
@@ -415,12 +415,30 @@ fn envoy_reply(status: u16, flags: u64) -> Played {
 /// context that sent it, until none is pending.
 fn answer_callouts(
     host: &FakeHost,
+    root: &mut Root<FakeHost>,
     stream: &mut Stream<FakeHost>,
     got: &mut Got,
     answered: &mut usize,
     upstream: &mut dyn FnMut(&Asked) -> Answer,
 ) {
-    while let Some(c) = host.callouts().get(*answered).cloned() {
+    loop {
+        let Some(c) = host.callouts().get(*answered).cloned() else {
+            // A same-vendor retry waiting: time passes to it, and the tick
+            // sends it.
+            let due = root.plugin().and_then(|p| {
+                let journeys = p.journeys.borrow();
+                journeys.values().filter_map(|j| j.borrow().retry_at).min()
+            });
+            match due {
+                Some(at) => {
+                    let now = host.now();
+                    host.advance(at.saturating_sub(now));
+                    root.on_tick();
+                    continue;
+                }
+                None => break,
+            }
+        };
         *answered += 1;
         let asked = Asked {
             cluster: c.cluster.clone(),

@@ -5,6 +5,7 @@ mod hostile;
 mod models;
 mod requests;
 mod rescues;
+mod retries;
 mod workers;
 
 use crate::policy::store::load;
@@ -13,8 +14,26 @@ use crate::proxy::fake::envoy::{Answer, Asked, FakeEnvoy};
 
 pub const CLUSTERS: [&str; 3] = ["anthropic", "openai", "xai"];
 
-/// Three vendors by priority; rescue as `rescue` says.
+/// Same-vendor retries off (tests/retries.rs covers them): a failed
+/// attempt moves on at once.
+const NO_RETRY: &str = r#""retry_backoff":"off","rate_limit_wait":"off""#;
+
+/// `extra` with same-vendor retries off in its `rescue` section.
+fn without_retries(extra: &str) -> String {
+    match extra.find(r#""rescue":{"#) {
+        Some(at) => {
+            let (head, tail) = extra.split_at(at + r#""rescue":{"#.len());
+            let sep = if tail.starts_with('}') { "" } else { "," };
+            format!("{head}{NO_RETRY}{sep}{tail}")
+        }
+        None => format!(r#"{extra},"rescue":{{{NO_RETRY}}}"#),
+    }
+}
+
+/// Three vendors by priority; rescue as `rescue` says (same-vendor
+/// retries off).
 pub fn three(extra: &str) -> String {
+    let extra = without_retries(extra);
     format!(
         r#"{{"vendors":[{{"name":"anthropic"}},{{"name":"openai","priority":1}},{{"name":"xai","priority":2}}]{extra}}}"#
     )
@@ -23,6 +42,7 @@ pub fn three(extra: &str) -> String {
 /// The same three vendors, each with one unit of health for all its models
 /// (no model units): for tests about the vendor as a whole.
 pub fn whole(extra: &str) -> String {
+    let extra = without_retries(extra);
     format!(
         r#"{{"vendors":[{{"name":"anthropic","model_units":0}},{{"name":"openai","priority":1,"model_units":0}},{{"name":"xai","priority":2,"model_units":0}}]{extra}}}"#
     )

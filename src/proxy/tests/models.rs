@@ -177,7 +177,8 @@ fn a_context_overflow_moves_to_a_larger_window_without_a_route_group() {
 #[test]
 fn group_patterns_route_whole_families_of_models() {
     let json = r#"{"vendors":[{"name":"anthropic"},{"name":"openai","priority":1},{"name":"xai","priority":2}],
-        "groups":[{"models":["gpt-*"],"targets":[{"vendor":"openai"},{"vendor":"xai","model":"grok-4"}]}]}"#;
+        "groups":[{"models":["gpt-*"],"targets":[{"vendor":"openai"},{"vendor":"xai","model":"grok-4"}]}],
+        "rescue":{"retry_backoff":"off"}}"#;
     let mut e = envoy(json, 1);
     let got = e.send(
         0,

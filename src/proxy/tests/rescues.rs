@@ -9,7 +9,8 @@ const ADAPTED: &str = r#"{"vendors":[
     {"name":"anthropic","api_key_env":"AK","models":{"*":"claude-sonnet-4-5"}},
     {"name":"openai","priority":1,"api_key_env":"OK","host":"api.openai.com",
      "paths":{"openai":"/openai/v1/chat/completions"},"models":{"*":"gpt-4.1"}},
-    {"name":"xai","priority":2}]}"#;
+    {"name":"xai","priority":2}],
+    "rescue":{"retry_backoff":"off","rate_limit_wait":"off"}}"#;
 
 fn adapted() -> FakeEnvoy {
     capture::clear();
