@@ -116,6 +116,9 @@ pub struct Journey {
     pub orphaned_ms: Option<u64>,
     /// When its failed attempt is retried on the same vendor.
     pub retry_at: Option<u64>,
+    /// Answered whole: every attempt a callout, judged complete before any
+    /// byte reaches the client (buffered mode).
+    pub buffered: bool,
 }
 
 pub type JourneyRef = Rc<RefCell<Journey>>;
@@ -144,6 +147,7 @@ impl Journey {
             relay: None,
             orphaned_ms: None,
             retry_at: None,
+            buffered: false,
         }
     }
 
@@ -186,6 +190,28 @@ pub fn shows_no_body_access(access: BodyAccess, bytes_received: Option<u64>) -> 
     access != BodyAccess::Seen && bytes_received.is_some_and(|n| n > 0)
 }
 
+/// The request header by which a client asks for its answer whole
+/// (buffered mode); never passed on.
+pub const BUFFERED_HEADER: &str = "x-llm-failover-buffered";
+
+/// Whether a `BUFFERED_HEADER` value asks for buffering.
+pub fn asks_buffering(value: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    ["1", "true", "yes", "on"]
+        .iter()
+        .any(|t| v.eq_ignore_ascii_case(t.as_bytes()))
+}
+
+/// Whether a request is answered whole: its client asked, its route group
+/// says so, or the vendor its first attempt goes to does.
+pub fn buffered(config: &Config, asked: bool, model: Option<&str>, first: VendorId) -> bool {
+    asked
+        || model
+            .and_then(|m| crate::policy::plan::group_of(config, m))
+            .is_some_and(|g| g.buffered)
+        || config.vendors.get(first).is_some_and(|v| v.buffered)
+}
+
 /// What the filter knows of a request at its headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arrival {
@@ -209,7 +235,10 @@ pub struct Intake {
 pub fn reads_bodies(config: &Config) -> bool {
     config.rescue.max_attempts.get() > 1
         || !config.groups.is_empty()
-        || config.vendors.values().any(|v| v.models.is_some() || v.model_units > 0)
+        || config
+            .vendors
+            .values()
+            .any(|v| v.models.is_some() || v.model_units > 0 || v.buffered)
 }
 
 /// Whether a request whose body is too large to read may still be routed

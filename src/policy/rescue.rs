@@ -253,6 +253,7 @@ mod tests {
             relay: false,
             retry_backoff_ms: Some(100),
             rate_limit_wait_ms: Some(1_000),
+            buffered_timeout_ms: 60_000,
         };
         Flight::new(Some(Format::OpenAi), false, plan, 1_000, &rescue)
     }

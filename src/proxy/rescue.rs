@@ -62,14 +62,22 @@ pub fn next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) {
 
 /// Sends the journey's attempt as a callout; `false` if it could not even
 /// start (the cluster is gone: that attempt failed).
-fn dispatch<H: Host>(p: &Plugin<H>, j: &JourneyRef, attempt: Attempt, candidate: &Candidate, now_ms: u64) -> bool {
+pub fn dispatch<H: Host>(p: &Plugin<H>, j: &JourneyRef, attempt: Attempt, candidate: &Candidate, now_ms: u64) -> bool {
     let Some(v) = p.config.vendors.get(attempt.vendor) else {
         return false;
     };
     let (request, timeout_ms, ctx) = {
         let jb = j.borrow();
         let request = outbound::callout_request(&jb, v, candidate, &p.config.cluster_header);
-        (request, jb.flight.time_left(now_ms), jb.ctx)
+        let left = jb.flight.time_left(now_ms);
+        // A buffered attempt's whole answer must come in time: past it,
+        // a stall mid-answer moves the request like a failure.
+        let timeout = if jb.buffered {
+            left.min(p.config.rescue.buffered_timeout_ms)
+        } else {
+            left
+        };
+        (request, timeout, jb.ctx)
     };
     match p
         .host
@@ -253,7 +261,8 @@ fn deliver<H: Host>(p: &Plugin<H>, j: &JourneyRef, status: u16, headers: &[(Stri
         )
     };
     let out = outbound::delivered_headers(headers, p.config.vendor_header.as_deref(), &vendor, &attempts, &tried);
-    if p.send_own_reply(j, u32::from(status), &out, body, "llm_failover_rescued") {
+    let rescued = j.borrow().flight.attempts.len() > 1;
+    if p.send_own_reply(j, u32::from(status), &out, body, "llm_failover_rescued") && rescued {
         p.add(p.stats.rescued, 1);
         log::debug!("request rescued by {vendor} after {attempts} attempts ({tried})");
     }

@@ -62,6 +62,8 @@ pub struct GlobalStats {
     /// Failed attempts retried on the same vendor (after a back-off, or
     /// once a short rate limit was over).
     pub same_vendor_retries: u32,
+    /// Requests answered whole (buffered mode).
+    pub buffered: u32,
     /// Requests answered 503 because no vendor was left to try.
     pub rescues_failed: u32,
     /// Of those, requests that failed on every vendor tried (two or more):
@@ -173,6 +175,7 @@ impl GlobalStats {
             relayed: counter("relayed")?,
             relays_not_followed: counter("relays_not_followed")?,
             same_vendor_retries: counter("same_vendor_retries")?,
+            buffered: counter("buffered")?,
             rescues_failed: counter("rescues_failed")?,
             failed_everywhere: counter("failed_everywhere")?,
             first_token_timeouts: counter("first_token_timeouts")?,

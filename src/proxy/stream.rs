@@ -15,7 +15,7 @@ use crate::policy::answer::{self, AtHeaders, AtInspect, AtPeek, Head};
 use crate::policy::choice::{Ask, Choice};
 use crate::policy::classify::{self, Observed, Outcome};
 use crate::policy::config::Format;
-use crate::policy::journey::{self, Arrival, Aside, BodyAccess, BodyStep, Journey, JourneyRef, Stage};
+use crate::policy::journey::{self, Arrival, Aside, BodyAccess, BodyStep, Journey, JourneyRef, Stage, BUFFERED_HEADER};
 use crate::policy::observe::Watch;
 use crate::policy::outbound;
 use crate::policy::plan::{self, Attempt, Candidate, Unserved};
@@ -122,7 +122,17 @@ impl<H: Host> Stream<H> {
                 return Action::Pause;
             }
         }
+        let buffered_asked = match find(&headers, BUFFERED_HEADER) {
+            Some(v) => {
+                let asked = journey::asks_buffering(v);
+                let _ = p.host.remove_header(Map::RequestHeaders, BUFFERED_HEADER);
+                headers.retain(|(n, _)| n != BUFFERED_HEADER);
+                asked
+            }
+            None => false,
+        };
         let mut journey = Journey::new(self.ctx, now_ms, format, headers, &p.config);
+        journey.buffered = buffered_asked;
         // Route by the headers first: if the body never comes (Envoy without
         // allow_on_headers_stop_iteration), the request is still routable.
         let Some((attempt, candidate)) = self.route_at_headers(&p, &journey, now_ms, intake.hold) else {
@@ -309,6 +319,21 @@ impl<H: Host> Stream<H> {
         match choice {
             Choice::Route { attempt, .. } => {
                 let candidate = j.borrow_mut().flight.start(attempt).cloned();
+                let buffered = {
+                    let mut jb = j.borrow_mut();
+                    let model = jb.request.as_ref().and_then(|r| r.model.clone());
+                    jb.buffered = journey::buffered(&p.config, jb.buffered, model.as_deref(), attempt.vendor);
+                    jb.buffered
+                };
+                if let (true, Some(c)) = (buffered, &candidate) {
+                    // Answered whole: the first attempt is a callout too.
+                    j.borrow_mut().stage = Stage::Rescuing;
+                    p.add(p.stats.buffered, 1);
+                    if !rescue::dispatch(p, j, attempt, c, started) {
+                        rescue::next(p, j, Move::Failure, started);
+                    }
+                    return Action::Pause;
+                }
                 {
                     let jb = j.borrow();
                     p.send_to(attempt.vendor, candidate.as_ref(), format, &jb.headers);

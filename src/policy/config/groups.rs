@@ -23,6 +23,8 @@ pub struct Target {
 pub struct Group {
     pub models: Vec<String>,
     pub targets: Vec<Target>,
+    /// Its requests are answered whole (see `Rescue::buffered_timeout_ms`).
+    pub buffered: bool,
 }
 
 pub(super) fn parse_groups(
@@ -108,8 +110,13 @@ pub(super) fn parse_groups(
                 unit,
             });
         }
+        let buffered = f.boolean("buffered", false)?;
         f.finish()?;
-        groups.push(Group { models, targets });
+        groups.push(Group {
+            models,
+            targets,
+            buffered,
+        });
     }
     Ok(groups)
 }

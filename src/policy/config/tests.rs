@@ -42,6 +42,7 @@ fn minimal_config_takes_every_default() {
             context_window: None,
             model_units: DEFAULT_MODEL_UNITS,
             prefill: Prefill::Auto,
+            buffered: false,
         }]
     );
     // Its own unit, then its model slots.
@@ -68,6 +69,7 @@ fn minimal_config_takes_every_default() {
             relay: false,
             retry_backoff_ms: Some(100),
             rate_limit_wait_ms: Some(1_000),
+            buffered_timeout_ms: 60_000,
         }
     );
     assert_eq!(
@@ -514,6 +516,7 @@ const REFERENCE: &[&str] = &[
     "vendors[].context_window",
     "vendors[].model_units",
     "vendors[].prefill",
+    "vendors[].buffered",
     "groups",
     "rescue.max_attempts",
     "rescue.deadline",
@@ -523,6 +526,7 @@ const REFERENCE: &[&str] = &[
     "rescue.relay",
     "rescue.retry_backoff",
     "rescue.rate_limit_wait",
+    "rescue.buffered_timeout",
     "window.length",
     "window.buckets",
     "trip.min_requests",
@@ -558,6 +562,7 @@ const INNER: &[&str] = &[
     "groups[].targets[].vendor",
     "groups[].targets[].model",
     "groups[].targets[].context_window",
+    "groups[].buffered",
     "rescue",
     "window",
     "trip",
@@ -886,7 +891,7 @@ impl Gen {
             v.insert("name".into(), self.value("vendors[].name", &[&name], &bad));
         }
         let long = format!("\"{}\"", "c".repeat(256));
-        let fields: [Field; 8] = [
+        let fields: [Field; 9] = [
             (
                 "cluster",
                 &["\"c1\"", "\"outbound|443||api.openai.com\"", "\"openai_api\""],
@@ -917,6 +922,7 @@ impl Gen {
                 ],
                 &["\"yes\"", "true"],
             ),
+            ("buffered", &["true", "false"], &["1", "\"yes\""]),
         ];
         for (key, good, bad) in fields {
             let field = format!("vendors[].{key}");
@@ -1046,6 +1052,10 @@ impl Gen {
         if let Some(t) = targets {
             g.insert("targets".into(), t);
         }
+        if self.writes("groups[].buffered", 3) {
+            let buffered = self.value("groups[].buffered", &["true", "false"], &["1", "null"]);
+            g.insert("buffered".into(), buffered);
+        }
         self.maybe_unknown(&mut g);
         Value::Object(g)
     }
@@ -1124,6 +1134,7 @@ impl Gen {
                         &["\"11s\"", "\"5ms\"", "\"soon\""],
                     ),
                     ("rate_limit_wait", &off, &["\"soon\"", "\"2m\"", "5"]),
+                    ("buffered_timeout", &duration, &bad_duration),
                 ],
             ),
             (

@@ -59,6 +59,10 @@ pub struct Rescue {
     /// A 429 whose reset comes within this long is waited out and retried
     /// on the same vendor; a longer one moves at once. `None`: never.
     pub rate_limit_wait_ms: Option<u64>,
+    /// A buffered request's attempt (answered whole: every attempt a
+    /// callout) not complete within this is abandoned and the request
+    /// moves on, as for a stall mid-answer.
+    pub buffered_timeout_ms: u64,
 }
 
 impl Rescue {
@@ -71,6 +75,7 @@ impl Rescue {
         relay: false,
         retry_backoff_ms: Some(100),
         rate_limit_wait_ms: Some(1_000),
+        buffered_timeout_ms: 60_000,
     };
 }
 
@@ -320,6 +325,7 @@ pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
     let relay = f.boolean("relay", d.relay)?;
     let retry_backoff_ms = f.optional_duration("retry_backoff", d.retry_backoff_ms, 10, 10_000)?;
     let rate_limit_wait_ms = f.optional_duration("rate_limit_wait", d.rate_limit_wait_ms, 10, 60_000)?;
+    let buffered_timeout_ms = f.duration_in("buffered_timeout", d.buffered_timeout_ms, 100, 3_600_000)?;
     f.finish()?;
     Ok(Rescue {
         max_attempts,
@@ -330,6 +336,7 @@ pub(super) fn parse_rescue(root: &Fields) -> Result<Rescue, ConfigError> {
         relay,
         retry_backoff_ms,
         rate_limit_wait_ms,
+        buffered_timeout_ms,
     })
 }
 

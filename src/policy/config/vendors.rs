@@ -38,6 +38,9 @@ pub struct Vendor {
     pub model_units: u32,
     /// How it takes the text of an answer to continue (see `Prefill`).
     pub prefill: Prefill,
+    /// Requests whose first attempt goes to it are answered whole (see
+    /// `Rescue::buffered_timeout_ms`).
+    pub buffered: bool,
 }
 
 /// One entry of a vendor's model map.
@@ -332,6 +335,7 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
                 )
             }
         };
+        let buffered = f.boolean("buffered", false)?;
         f.finish()?;
         vendors.push(Vendor {
             name,
@@ -345,6 +349,7 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
             context_window,
             model_units,
             prefill,
+            buffered,
         });
     }
     Ok(vendors)
