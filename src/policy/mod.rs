@@ -18,6 +18,7 @@ pub mod record;
 pub mod relay;
 pub mod reply;
 pub mod rescue;
+pub mod resume;
 pub mod sse;
 pub mod store;
 pub mod view;

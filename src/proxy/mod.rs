@@ -9,6 +9,7 @@ pub mod host;
 pub mod plugin;
 pub mod relay;
 pub mod rescue;
+pub mod resume;
 pub mod root;
 pub mod sdk;
 pub mod stats;

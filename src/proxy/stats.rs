@@ -64,6 +64,12 @@ pub struct GlobalStats {
     pub same_vendor_retries: u32,
     /// Requests answered whole (buffered mode).
     pub buffered: u32,
+    /// Streams cut after content reached the client, completed by the next
+    /// vendor's continuation.
+    pub continued: u32,
+    /// Of those the filter tried to continue, the ones that ended with the
+    /// original failure (no vendor took the prefill).
+    pub continuations_failed: u32,
     /// Requests answered 503 because no vendor was left to try.
     pub rescues_failed: u32,
     /// Of those, requests that failed on every vendor tried (two or more):
@@ -176,6 +182,8 @@ impl GlobalStats {
             relays_not_followed: counter("relays_not_followed")?,
             same_vendor_retries: counter("same_vendor_retries")?,
             buffered: counter("buffered")?,
+            continued: counter("continued")?,
+            continuations_failed: counter("continuations_failed")?,
             rescues_failed: counter("rescues_failed")?,
             failed_everywhere: counter("failed_everywhere")?,
             first_token_timeouts: counter("first_token_timeouts")?,

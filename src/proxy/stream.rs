@@ -23,11 +23,13 @@ use crate::policy::ratelimit;
 use crate::policy::relay::RELAY_HEADER;
 use crate::policy::reply;
 use crate::policy::rescue::{Flight, Move, Pending};
+use crate::policy::resume::{End, Follow};
 use crate::policy::sse::{self, Scanner};
 use crate::proxy::host::{find, Buffer, Host, Map, RESPONSE_CODE, RESPONSE_FLAGS};
 use crate::proxy::plugin::Plugin;
 use crate::proxy::relay;
 use crate::proxy::rescue;
+use crate::proxy::resume::{self, Continuing};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -45,6 +47,11 @@ pub struct Stream<H: Host> {
     /// Envoy's own reply for a failed vendor, said again in the client's
     /// format: the body that replaces Envoy's text.
     retold: Option<Vec<u8>>,
+    /// A 2xx stream followed event by event, for a continuation if it fails
+    /// after content reached the client (`policy::resume`).
+    follow: Option<Follow>,
+    /// That continuation, in flight.
+    continuing: Option<Continuing>,
 }
 
 impl<H: Host> Stream<H> {
@@ -57,6 +64,8 @@ impl<H: Host> Stream<H> {
             watch: Watch::default(),
             format: None,
             retold: None,
+            follow: None,
+            continuing: None,
         }
     }
 
@@ -468,6 +477,7 @@ impl<H: Host> Stream<H> {
         }
         if stream_2xx {
             self.watch.scanner = Some(Scanner::new());
+            self.follow_if_continuable(&p);
         }
         // Envoy's own plain-text reply for a vendor that gave no answer is
         // said again in the client's API format.
@@ -575,6 +585,19 @@ impl<H: Host> Stream<H> {
             }
             return Action::Continue;
         }
+        if self.follow.is_some() {
+            let bytes = p
+                .host
+                .buffer(Buffer::ResponseBody, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let now_ms = p.now();
+            if self.watch.chunk(now_ms, body_size) {
+                self.watch.feed(&bytes);
+            }
+            return self.follow_chunk(&p, routed, &bytes, body_size, end_of_stream);
+        }
         if !self.watch.wants_chunk(body_size) {
             return Action::Continue;
         }
@@ -630,10 +653,102 @@ impl<H: Host> Stream<H> {
                     jb.peek.take()
                 };
                 self.watch.resume_stream(scanner, now_ms, body_size);
+                self.follow_if_continuable(p);
+                if self.follow.is_some() {
+                    // The held bytes go on through the follower like any chunk.
+                    let action = self.follow_chunk(p, routed, &bytes, body_size, end_of_stream);
+                    let _ = self.name_vendor(p, routed);
+                    return action;
+                }
                 if end_of_stream {
                     self.finish_stream(p, routed, body_size);
                 }
                 self.name_vendor(p, routed)
+            }
+        }
+    }
+
+    /// Follows a 2xx stream event by event when it could be continued
+    /// should it fail after content reached the client.
+    fn follow_if_continuable(&mut self, p: &Plugin<H>) {
+        if let Some(j) = &self.journey {
+            if let Some(format) = resume::may_continue(p, j) {
+                self.follow = Some(Follow::new(format));
+            }
+        }
+    }
+
+    /// A chunk of a followed stream (`bytes`, as Envoy holds it): complete
+    /// events go on, a partial one and an error event are held; at its end,
+    /// a failure after content is continued by the next vendor.
+    fn follow_chunk(
+        &mut self,
+        p: &Plugin<H>,
+        routed: Attempt,
+        bytes: &[u8],
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let Some(f) = self.follow.as_mut() else {
+            return Action::Continue;
+        };
+        let out = f.take(bytes);
+        let mut len = body_size;
+        if out != bytes && p.host.set_buffer(Buffer::ResponseBody, 0, body_size, &out).is_ok() {
+            len = out.len();
+        }
+        if !end_of_stream {
+            return Action::Continue;
+        }
+        match f.end() {
+            End::Release(rest) => {
+                if !rest.is_empty() && p.host.set_buffer(Buffer::ResponseBody, len, 0, &rest).is_ok() {
+                    len += rest.len();
+                }
+                self.follow = None;
+                self.finish_stream(p, routed, len);
+                Action::Continue
+            }
+            End::Continue => self.continue_stream(p, routed, len),
+        }
+    }
+
+    /// Holds the end of a stream that failed after content reached the
+    /// client, and asks the next vendor to continue it.
+    fn continue_stream(&mut self, p: &Plugin<H>, routed: Attempt, len: usize) -> Action {
+        let (Some(j), Some(f)) = (self.journey.clone(), self.follow.take()) else {
+            return Action::Continue;
+        };
+        let Some(format) = j.borrow().format else {
+            return Action::Continue;
+        };
+        // The original failure, for the vendor's record and as the end the
+        // client gets if no continuation can be had.
+        let vendor = p.vendor_name(routed.vendor).to_string();
+        let _ = self.watch.finish(&vendor, || None);
+        let fallback = match f.held_error() {
+            Some(e) => e.to_vec(),
+            None => sse::truncation_event(&vendor, Some(sse::dialect_of(format)), false),
+        };
+        let now_ms = p.now();
+        match resume::start(p, &j, &f, format, now_ms) {
+            Some((token, attempt)) => {
+                self.continuing = Some(Continuing {
+                    token,
+                    at: len,
+                    fallback,
+                    attempt,
+                    format,
+                });
+                self.follow = Some(f);
+                Action::Pause
+            }
+            None => {
+                p.add(p.stats.continuations_failed, 1);
+                if p.host.set_buffer(Buffer::ResponseBody, len, 0, &fallback).is_ok() && f.held_error().is_none() {
+                    p.count_truncation_closed(routed.vendor);
+                }
+                Action::Continue
             }
         }
     }
@@ -722,7 +837,11 @@ impl<H: Host> Stream<H> {
         };
         // A relayed journey's last attempt: its failure waits with the
         // others (see `Flight::defers`), and the journey settles.
-        if let Some(j) = journey.filter(|j| j.borrow().flight.attempts.len() > 1) {
+        let latest = |j: &JourneyRef| {
+            let jb = j.borrow();
+            jb.flight.attempts.len() > 1 && jb.flight.current() == Some(&routed)
+        };
+        if let Some(j) = journey.filter(latest) {
             if j.borrow().flight.defers(&outcome) {
                 j.borrow_mut().flight.pending.push(Pending {
                     attempt: routed,
@@ -741,8 +860,16 @@ impl<H: Host> Stream<H> {
 
     /// A rescue callout of this stream answered.
     pub fn on_callout(&mut self, token: u32, num_headers: usize, body_size: usize) {
-        if let Some(p) = &self.plugin {
-            rescue::on_callout(p, token, num_headers, body_size);
+        let Some(p) = self.plugin.clone() else {
+            return;
+        };
+        if self.continuing.as_ref().is_some_and(|c| c.token == token) {
+            if let Some(c) = self.continuing.take() {
+                resume::answered(&p, self.ctx, c, self.follow.as_ref(), num_headers, body_size);
+            }
+            self.follow = None;
+            return;
         }
+        rescue::on_callout(&p, token, num_headers, body_size);
     }
 }

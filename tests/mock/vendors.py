@@ -212,6 +212,16 @@ def count_prompt_tokens(body: Mapping[str, Any]) -> int:
     return max(1, len(text) // 4 + 1)
 
 
+def prefill_of(body: Mapping[str, Any]) -> str | None:
+    """The text of a trailing assistant message (a prefill to continue from),
+    if the request ends with one."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    return _text_of(last.get("content")) if last.get("role") == "assistant" else None
+
+
 def split_pieces(text: str) -> list[str]:
     """Split an answer into stream deltas: ``Hello``, `` from``, `` xai``."""
     return re.findall(r"\s*\S+", text) or [text]
@@ -768,6 +778,17 @@ class _VendorHandler(http.server.BaseHTTPRequestHandler):
         model = body.get("model") if isinstance(body.get("model"), str) else "mock-model"
         tokens = count_prompt_tokens(body)
         content = self.vendor.content
+        prefix = prefill_of(body)
+        if prefix is not None:
+            # Asked to continue an answer: what is left of this vendor's own,
+            # or a marker when the answer so far is not the start of it.
+            if fault.get("prefill") == "reject":
+                self._send_error(fmt, 400, message="This model does not support assistant message prefill.")
+                return
+            if fmt == "anthropic" and prefix != prefix.rstrip():
+                self._send_error(fmt, 400, message="final assistant content cannot end with trailing whitespace")
+                return
+            content = content[len(prefix):] if content.startswith(prefix) else " [continued]"
         if fmt == "openai":
             if stream:
                 options = body.get("stream_options")
