@@ -169,6 +169,10 @@ def wasm_filter(v: Variant) -> dict:
     config = {
         "name": v.name,
         "root_id": v.root_id,
+        # As deployed: the filter may hold a request for its body (model
+        # routing, rewriting, rescue). Without it the filter routes at the
+        # headers only, and a benchmark would measure that lighter path.
+        "allow_on_headers_stop_iteration": True,
         "vm_config": {
             "vm_id": v.vm_id,
             "runtime": "envoy.wasm.runtime.v8",
@@ -742,6 +746,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sse", type=int, metavar="EVENTS",
                    help="the upstream answers an OpenAI event stream of EVENTS token chunks (text/event-stream) "
                         "instead of a JSON completion, so the filter's stream scanner runs on every answer")
+    p.add_argument("--stream-request", action="store_true",
+                   help="the request asks for a stream (\"stream\": true): the filter peeks at the first event "
+                        "and, where a vendor takes a prefill, follows the stream for a continuation")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.duration = args.duration or (2 if args.quick else 5)
@@ -818,6 +825,9 @@ def git_info() -> dict:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.stream_request:
+        global REQUEST_BODY
+        REQUEST_BODY = json.dumps({**json.loads(REQUEST_BODY), "stream": True}, separators=(",", ":"))
     if args.sse:
         RESPONSE.update(body=sse_body(args.sse), content_type="text/event-stream")
     wrk = shutil.which("wrk")

@@ -1,10 +1,12 @@
-//! What the SSE scanner costs per chunk, on the host (`make bench` runs it).
+//! What the SSE scanner costs per chunk, and following a stream for a continuation, on the host (`make bench` runs it).
 //!
 //! Feeds realistic OpenAI and Anthropic token streams to `Scanner` one event
 //! per chunk, as vendors send them, and prints the time per chunk. The filter
 //! runs the same code compiled to wasm inside V8, which is slower than native
 //! code by a small factor; `bench/run.py --sse` measures it inside Envoy.
 
+use llm_failover::policy::config::Format;
+use llm_failover::policy::resume::{End, Follow};
 use llm_failover::policy::sse::{Ending, Scanner};
 use std::hint::black_box;
 use std::time::Instant;
@@ -58,7 +60,25 @@ fn measure(name: &str, chunks: &[Vec<u8>]) {
     );
 }
 
+/// What following a stream for a continuation adds (event by event, the
+/// text of each delta kept): only streams that could be continued pay it.
+fn measure_follow(name: &str, format: Format, chunks: &[Vec<u8>]) {
+    let rounds = 2_000;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let mut follow = Follow::new(format);
+        for chunk in chunks {
+            black_box(follow.take(black_box(chunk)));
+        }
+        assert_eq!(follow.end(), End::Release(Vec::new()));
+    }
+    let per_chunk_ns = started.elapsed().as_nanos() as f64 / (rounds * chunks.len()) as f64;
+    println!("{name:<10} followed for a continuation: {per_chunk_ns:>6.0} ns per chunk (native)");
+}
+
 fn main() {
     measure("openai", &openai_chunks(200));
     measure("anthropic", &anthropic_chunks(200));
+    measure_follow("openai", Format::OpenAi, &openai_chunks(200));
+    measure_follow("anthropic", Format::Anthropic, &anthropic_chunks(200));
 }

@@ -673,6 +673,7 @@ impl<H: Host> Stream<H> {
     fn follow_if_continuable(&mut self, p: &Plugin<H>) {
         if let Some(j) = &self.journey {
             if let Some(format) = resume::may_continue(p, j) {
+                log::trace!("following a stream for a continuation");
                 self.follow = Some(Follow::new(format));
             }
         }
