@@ -80,5 +80,7 @@ fn main() {
     measure("openai", &openai_chunks(200));
     measure("anthropic", &anthropic_chunks(200));
     measure_follow("openai", Format::OpenAi, &openai_chunks(200));
+    // The whole answer in one chunk, as a fast upstream sends it.
+    measure_follow("openai/1", Format::OpenAi, &[openai_chunks(50).concat()]);
     measure_follow("anthropic", Format::Anthropic, &anthropic_chunks(200));
 }

@@ -10,8 +10,11 @@
 //! usage, so the client gets one whole answer.
 
 use crate::policy::config::{Format, Prefill};
-use crate::policy::sse::{Ending, Scanner};
+use crate::policy::sse::{find, Ending, Scanner};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 /// The longest answer text kept for a continuation; past it the stream is
 /// no longer followed for one.
@@ -101,18 +104,21 @@ impl Follow {
             return Vec::new(); // nothing after the error reaches the client
         }
         self.tail.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(self.tail.len());
-        while let Some(end) = event_end(&self.tail) {
-            let event: Vec<u8> = self.tail.drain(..end).collect();
-            self.scanner.feed(&event);
+        let buf = std::mem::take(&mut self.tail);
+        // Complete events go on; the bytes after the last one stay held.
+        let mut sent = 0;
+        while let Some(len) = event_end(buf.get(sent..).unwrap_or_default()) {
+            let event = buf.get(sent..sent + len).unwrap_or_default();
+            self.scanner.feed(event);
             if self.scanner.error().is_some() {
-                self.held_error = Some(event);
-                self.tail.clear();
-                break;
+                self.held_error = Some(event.to_vec());
+                return buf.get(..sent).unwrap_or_default().to_vec();
             }
-            self.note(&event);
-            out.extend_from_slice(&event);
+            self.note(event);
+            sent += len;
         }
+        let mut out = buf;
+        self.tail = out.split_off(sent);
         if self.tail.len() > MAX_TAIL {
             // A giant event: pass it on unjudged, and no continuation.
             self.capable = false;
@@ -137,6 +143,14 @@ impl Follow {
             out.extend_from_slice(&e);
         }
         End::Release(out)
+    }
+
+    /// Its scanner, having read everything the vendor sent (what is held
+    /// included): the stream's verdict is judged by it.
+    pub fn scanner(&self) -> Scanner {
+        let mut scanner = self.scanner.clone();
+        scanner.feed(&self.tail);
+        scanner
     }
 
     /// The text delivered so far.
@@ -166,109 +180,218 @@ impl Follow {
         let Some(data) = event_data(event) else {
             return;
         };
-        let Ok(v) = serde_json::from_slice::<Value>(&data) else {
-            return; // `[DONE]`, or not JSON: nothing to keep
-        };
-        match self.format {
-            Format::OpenAi => self.note_openai(&v),
-            Format::Anthropic => self.note_anthropic(&v),
+        // The common event, a plain text delta, is read by its one field
+        // (see `quick_delta`); any other is read typed, only the fields kept
+        // (a generic JSON tree per event costs several times more).
+        if let Some(text) = self.quick_delta(&data) {
+            self.text.push_str(&text);
+        } else {
+            match self.format {
+                Format::OpenAi => {
+                    if let Ok(chunk) = serde_json::from_slice::<OpenAiChunk>(&data) {
+                        self.note_openai(chunk);
+                    }
+                }
+                Format::Anthropic => {
+                    if let Ok(event) = serde_json::from_slice::<AnthropicEvent>(&data) {
+                        self.note_anthropic(event);
+                    }
+                }
+            }
         }
         if self.text.len() > MAX_TEXT {
             self.capable = false;
         }
     }
 
-    fn note_openai(&mut self, v: &Value) {
-        if self.meta.id.is_none() {
-            self.meta.id = v.get("id").and_then(Value::as_str).map(str::to_string);
-            self.meta.created = v.get("created").and_then(Value::as_u64);
-            self.meta.model = v.get("model").and_then(Value::as_str).map(str::to_string);
-        }
-        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-            return;
+    /// The text of a plain text delta, read without parsing the whole event:
+    /// the string after the delta's text key. A key written raw cannot occur
+    /// inside a JSON string (its quotes would be escaped), so the first one
+    /// after `"delta":` is the delta's own. `None` (read it typed) for the
+    /// first OpenAI chunk (its id and model are kept), anything that is not
+    /// a lone text delta, or a shape this does not recognise.
+    fn quick_delta<'a>(&self, data: &'a [u8]) -> Option<Cow<'a, str>> {
+        let key: &[u8] = match self.format {
+            Format::OpenAi if self.meta.id.is_some() => b"\"content\":",
+            Format::OpenAi => return None,
+            Format::Anthropic => {
+                // Only text deltas (not tool input or thinking).
+                find(data, b"\"text_delta\"")?;
+                b"\"text\":"
+            }
         };
-        for c in choices {
-            if c.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+        const DELTA: &[u8] = b"\"delta\":";
+        let rest = data.get(find(data, DELTA)? + DELTA.len()..)?;
+        if find(rest, DELTA).is_some() {
+            return None; // several deltas (several choices): read it typed
+        }
+        if self.format == Format::OpenAi
+            && (find(rest, b"\"tool_calls\"").is_some() || find(rest, b"\"function_call\"").is_some())
+        {
+            return None;
+        }
+        let value = rest.get(find(rest, key)? + key.len()..)?;
+        let value = value.get(value.iter().position(|b| !b.is_ascii_whitespace())?..)?;
+        if value.first() != Some(&b'"') {
+            return None;
+        }
+        let mut strings = serde_json::Deserializer::from_slice(value).into_iter::<Cow<str>>();
+        strings.next()?.ok()
+    }
+
+    fn note_openai(&mut self, v: OpenAiChunk) {
+        if self.meta.id.is_none() {
+            self.meta.id = v.id.map(Cow::into_owned);
+            self.meta.created = v.created;
+            self.meta.model = v.model.map(Cow::into_owned);
+        }
+        for c in v.choices {
+            if c.index != 0 {
                 self.capable = false; // several choices: not one answer to go on from
             }
-            let delta = c.get("delta");
-            if delta.and_then(|d| d.get("tool_calls")).is_some_and(|t| !t.is_null())
-                || delta.and_then(|d| d.get("function_call")).is_some_and(|t| !t.is_null())
-            {
+            let Some(delta) = c.delta else {
+                continue;
+            };
+            if delta.tool_calls.is_some() || delta.function_call.is_some() {
                 self.capable = false;
             }
-            if let Some(t) = delta.and_then(|d| d.get("content")).and_then(Value::as_str) {
-                self.text.push_str(t);
+            if let Some(t) = delta.content {
+                self.text.push_str(&t);
             }
         }
     }
 
-    fn note_anthropic(&mut self, v: &Value) {
-        let index = v.get("index").and_then(Value::as_u64);
-        match v.get("type").and_then(Value::as_str) {
-            Some("message_start") => {
-                let m = v.get("message");
-                self.meta.id = m.and_then(|m| m.get("id")).and_then(Value::as_str).map(str::to_string);
-                self.meta.model = m
-                    .and_then(|m| m.get("model"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+    fn note_anthropic(&mut self, v: AnthropicEvent) {
+        match v.kind.as_ref() {
+            "message_start" => {
+                if let Some(m) = v.message {
+                    self.meta.id = m.id.map(Cow::into_owned);
+                    self.meta.model = m.model.map(Cow::into_owned);
+                }
             }
-            Some("content_block_start") => {
-                let kind = v
-                    .get("content_block")
-                    .and_then(|b| b.get("type"))
-                    .and_then(Value::as_str);
+            "content_block_start" => {
+                let kind = v.content_block.as_ref().and_then(|b| b.kind.as_deref());
                 if kind != Some("text") {
                     self.capable = false; // tool use, thinking: no prefill goes on from those
                 }
-                self.meta.open_block = index;
-                self.meta.next_block = index.map_or(self.meta.next_block, |i| i.saturating_add(1));
+                self.meta.open_block = v.index;
+                self.meta.next_block = v.index.map_or(self.meta.next_block, |i| i.saturating_add(1));
             }
-            Some("content_block_delta") => {
-                let d = v.get("delta");
-                match d.and_then(|d| d.get("type")).and_then(Value::as_str) {
-                    Some("text_delta") => {
-                        if let Some(t) = d.and_then(|d| d.get("text")).and_then(Value::as_str) {
-                            self.text.push_str(t);
-                        }
+            "content_block_delta" => match v.delta {
+                Some(AnthropicDelta { kind: Some(k), text }) if k == "text_delta" => {
+                    if let Some(t) = text {
+                        self.text.push_str(&t);
                     }
-                    _ => self.capable = false,
                 }
-            }
-            Some("content_block_stop") => self.meta.open_block = None,
+                _ => self.capable = false,
+            },
+            "content_block_stop" => self.meta.open_block = None,
             _ => {}
         }
     }
+}
+
+/// The fields of an OpenAI chunk a continuation needs.
+#[derive(Deserialize)]
+struct OpenAiChunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    created: Option<u64>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Vec<OpenAiChoice<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiChoice<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow, default)]
+    delta: Option<OpenAiDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+    #[serde(default)]
+    function_call: Option<IgnoredAny>,
+}
+
+/// The fields of an Anthropic event a continuation needs.
+#[derive(Deserialize)]
+struct AnthropicEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    message: Option<AnthropicMessage<'a>>,
+    #[serde(borrow, default)]
+    content_block: Option<AnthropicBlock<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<AnthropicDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessage<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicBlock<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicDelta<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
 }
 
 /// The end of the first complete event in `bytes` (just past its blank
 /// line), if there is one.
 fn event_end(bytes: &[u8]) -> Option<usize> {
     let mut i = 0;
-    while i < bytes.len() {
-        let rest = bytes.get(i..).unwrap_or_default();
+    while let Some(off) = bytes.get(i..)?.iter().position(|&b| b == b'\n' || b == b'\r') {
+        let at = i + off;
+        let rest = bytes.get(at..).unwrap_or_default();
         for sep in [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"] {
             if rest.starts_with(sep) {
-                return Some(i + sep.len());
+                return Some(at + sep.len());
             }
         }
-        i += 1;
+        i = at + 1;
     }
     None
 }
 
 /// An event's `data` lines, joined.
-fn event_data(event: &[u8]) -> Option<Vec<u8>> {
-    let mut data: Option<Vec<u8>> = None;
+fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut data: Option<Cow<'_, [u8]>> = None;
     for line in event.split(|&b| b == b'\n' || b == b'\r') {
         if let Some(v) = line.strip_prefix(b"data:") {
             let v = v.strip_prefix(b" ").unwrap_or(v);
-            let d = data.get_or_insert_with(Vec::new);
-            if !d.is_empty() {
-                d.push(b'\n');
-            }
-            d.extend_from_slice(v);
+            data = Some(match data {
+                // One data line, the usual case: no copy.
+                None => Cow::Borrowed(v),
+                Some(d) => {
+                    let mut joined = d.into_owned();
+                    joined.push(b'\n');
+                    joined.extend_from_slice(v);
+                    Cow::Owned(joined)
+                }
+            });
         }
     }
     data

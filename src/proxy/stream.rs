@@ -592,10 +592,9 @@ impl<H: Host> Stream<H> {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
+            // Timed by the watch; scanned by the follower (one scan).
             let now_ms = p.now();
-            if self.watch.chunk(now_ms, body_size) {
-                self.watch.feed(&bytes);
-            }
+            self.watch.chunk(now_ms, body_size);
             return self.follow_chunk(&p, routed, &bytes, body_size, end_of_stream);
         }
         if !self.watch.wants_chunk(body_size) {
@@ -706,7 +705,9 @@ impl<H: Host> Stream<H> {
                 if !rest.is_empty() && p.host.set_buffer(Buffer::ResponseBody, len, 0, &rest).is_ok() {
                     len += rest.len();
                 }
-                self.follow = None;
+                if let Some(f) = self.follow.take() {
+                    self.watch.scanner = Some(f.scanner());
+                }
                 self.finish_stream(p, routed, len);
                 Action::Continue
             }
@@ -726,6 +727,7 @@ impl<H: Host> Stream<H> {
         // The original failure, for the vendor's record and as the end the
         // client gets if no continuation can be had.
         let vendor = p.vendor_name(routed.vendor).to_string();
+        self.watch.scanner = Some(f.scanner());
         let _ = self.watch.finish(&vendor, || None);
         let fallback = match f.held_error() {
             Some(e) => e.to_vec(),
@@ -782,6 +784,11 @@ impl<H: Host> Stream<H> {
             return;
         };
         self.sync_routed();
+        // A followed stream that never reached its end: its verdict is the
+        // follower's scan.
+        if let Some(f) = self.follow.take() {
+            self.watch.scanner = Some(f.scanner());
+        }
         let stage = self.stage();
         let journey = self.journey.take();
         if let Some(j) = &journey {
