@@ -120,10 +120,11 @@ pub fn choose_same<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) -> Optio
     Some((attempt, candidate))
 }
 
-/// Journeys whose same-vendor retry is due: sent again, by a callout (a
-/// journey held in the filter) or by the router (a redirected request held
-/// in its headers); moved on instead if the vendor may not take it now.
-pub fn retry_due<H: Host>(p: &Plugin<H>, now_ms: u64) {
+/// Journeys whose same-vendor retry is due, their wait cleared, with the
+/// stage they wait in: held in the filter (`Rescuing`: retried by a
+/// callout, `retry_by_callout`) or a redirected request held in its
+/// headers (`Waiting`: `relay::retry`).
+pub fn due_retries<H: Host>(p: &Plugin<H>, now_ms: u64) -> Vec<JourneyRef> {
     let due: Vec<JourneyRef> = p
         .journeys
         .borrow()
@@ -131,26 +132,23 @@ pub fn retry_due<H: Host>(p: &Plugin<H>, now_ms: u64) {
         .filter(|j| j.borrow().retry_at.is_some_and(|at| now_ms >= at))
         .cloned()
         .collect();
-    for j in due {
-        let (ctx, stage) = {
-            let mut jb = j.borrow_mut();
-            jb.retry_at = None;
-            (jb.ctx, jb.stage)
-        };
-        if p.host.set_effective_context(ctx).is_err() {
-            continue;
-        }
-        match stage {
-            Stage::Rescuing => match choose_same(p, &j, now_ms) {
-                Some((attempt, candidate)) if dispatch(p, &j, attempt, &candidate, now_ms) => {}
-                _ => next(p, &j, Move::Failure, now_ms),
-            },
-            Stage::Waiting { body_in } => crate::proxy::relay::retry(p, &j, body_in, now_ms),
-            _ => {}
-        }
+    for j in &due {
+        j.borrow_mut().retry_at = None;
     }
-    if !p.journeys.borrow().values().any(|j| j.borrow().retry_at.is_some()) {
-        p.tick_fast(false);
+    due
+}
+
+/// Whether a same-vendor retry still waits on this worker.
+pub fn retry_waiting<H: Host>(p: &Plugin<H>) -> bool {
+    p.journeys.borrow().values().any(|j| j.borrow().retry_at.is_some())
+}
+
+/// A journey held in the filter, its retry due: sent to the same vendor
+/// again by a callout, or moved on if that vendor may not take it now.
+pub fn retry_by_callout<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) {
+    match choose_same(p, j, now_ms) {
+        Some((attempt, candidate)) if dispatch(p, j, attempt, &candidate, now_ms) => {}
+        _ => next(p, j, Move::Failure, now_ms),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The root context of a worker VM: configuration, the tick, notifications, new streams.
 
 use crate::policy::config::{Config, Role, StatusSet};
+use crate::policy::journey::Stage;
 use crate::policy::relay::Relays;
 use crate::proxy::host::{Buffer, Host};
 use crate::proxy::plugin::Plugin;
@@ -181,7 +182,23 @@ impl<H: Host + Clone> Root<H> {
         if !p.journeys.borrow().is_empty() {
             rescue::check_first_tokens(p, now_ms);
             rescue::release_stuck(p, now_ms);
-            rescue::retry_due(p, now_ms);
+            for j in rescue::due_retries(p, now_ms) {
+                let (ctx, stage) = {
+                    let jb = j.borrow();
+                    (jb.ctx, jb.stage)
+                };
+                if p.host.set_effective_context(ctx).is_err() {
+                    continue;
+                }
+                match stage {
+                    Stage::Rescuing => rescue::retry_by_callout(p, &j, now_ms),
+                    Stage::Waiting { body_in } => relay::retry(p, &j, body_in, now_ms),
+                    _ => {}
+                }
+            }
+        }
+        if !rescue::retry_waiting(p) {
+            p.tick_fast(false);
         }
         relay::sweep(p, now_ms);
         if now_ms >= p.next_refresh_ms.get() {
