@@ -14,11 +14,17 @@ EMPTY_WASM := target/$(TARGET)/release/empty_filter.wasm
 STAMP_RUST := target/.wasm-target-installed
 STAMP_VENV := $(VENV)/.installed
 
+# Pieces kept in files of their own (mk/*.mk): each defines its targets and
+# may add what `make setup` must install to SETUP_EXTRA.
+SETUP_EXTRA :=
+-include mk/*.mk
+.DEFAULT_GOAL := all
+
 .PHONY: all setup build run watch break heal test unit lint e2e hostile bench stress soak fleet fuzz clean
 
 all: build
 
-setup: $(STAMP_RUST) $(STAMP_VENV)
+setup: $(STAMP_RUST) $(STAMP_VENV) $(SETUP_EXTRA)
 
 $(STAMP_RUST):
 	rustup target add $(TARGET)
