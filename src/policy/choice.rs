@@ -49,6 +49,8 @@ pub struct Ask<'a> {
     /// their probe slots (for a provisional choice that may be made again: a
     /// slot taken twice for one request is lost).
     pub claim_probes: bool,
+    /// The model the client asked for, where known (for drained models).
+    pub requested: Option<&'a str>,
 }
 
 impl<'a> Ask<'a> {
@@ -59,6 +61,7 @@ impl<'a> Ask<'a> {
             all_down,
             tried: &[],
             claim_probes: true,
+            requested: None,
         }
     }
 }

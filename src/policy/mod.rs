@@ -1,6 +1,7 @@
 //! The policy layer: every decision, pure; time, the store and what Envoy showed are passed in.
 
 pub mod adapt;
+pub mod admin;
 pub mod answer;
 pub mod batch;
 pub mod choice;

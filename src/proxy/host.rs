@@ -94,6 +94,8 @@ pub trait Host: Store {
     fn define_metric(&self, kind: MetricKind, name: &str) -> HostResult<u32>;
     fn increment_metric(&self, id: u32, by: i64);
     fn record_metric(&self, id: u32, value: u64);
+    /// A metric's value (Envoy's, shared by every worker).
+    fn metric_value(&self, id: u32) -> Option<u64>;
 
     /// A little-endian integer property such as `response.flags`.
     fn property_u64(&self, path: &[u8]) -> Option<u64> {

@@ -3,6 +3,7 @@
 //! Each callback asks the policy and maps its answer to host calls.
 
 pub mod abi;
+pub mod admin;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fake;
 pub mod host;

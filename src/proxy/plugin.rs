@@ -1,5 +1,6 @@
 //! One configured filter in one worker VM: its view, batches and stats; recording, choosing, notifying.
 
+use crate::policy::admin::{Drained, Drains, DRAINS_KEY};
 use crate::policy::batch::Batch;
 use crate::policy::choice::{self, Ask, Choice, Shared, Worker};
 use crate::policy::classify::{Outcome, Reason};
@@ -62,7 +63,14 @@ pub struct Plugin<H: Host> {
     /// shortened now (while a same-vendor retry waits).
     pub tick_ms: Cell<u64>,
     fast_tick: Cell<bool>,
+    /// The drains in force (operators' and the configuration's), and the
+    /// shared blob they were read from.
+    pub drained: RefCell<Drained>,
+    drains_blob: RefCell<Option<Vec<u8>>>,
 }
+
+/// The notification that the drains changed (see `Plugin::load_drains`).
+pub const DRAINS_CHANGED: &[u8] = b"llm_failover:drains";
 
 /// The tick period while a same-vendor retry waits.
 pub const RETRY_TICK_MS: u64 = 20;
@@ -107,6 +115,8 @@ impl<H: Host> Plugin<H> {
             relays,
             tick_ms: Cell::new(config.refresh_ms),
             fast_tick: Cell::new(false),
+            drained: RefCell::new(Drained::of(&config, &Drains::default())),
+            drains_blob: RefCell::new(None),
             config: Rc::new(config),
         })
     }
@@ -236,6 +246,33 @@ impl<H: Host> Plugin<H> {
             keys: &self.keys,
             store: &self.host,
         };
+        // Drained vendors and models are no candidates (the common case,
+        // nothing drained, copies nothing).
+        let kept: Vec<Candidate>;
+        let ask = {
+            let drained = self.drained.borrow();
+            if drained.is_empty() {
+                *ask
+            } else {
+                kept = ask
+                    .candidates
+                    .iter()
+                    .filter(|c| !drained.candidate(c, ask.requested))
+                    .cloned()
+                    .collect();
+                if kept.is_empty() && !ask.candidates.is_empty() {
+                    return Choice::Reject {
+                        due: Vec::new(),
+                        now_ms: clock(),
+                    };
+                }
+                Ask {
+                    candidates: &kept,
+                    ..*ask
+                }
+            }
+        };
+        let ask = &ask;
         let choice = choice::choose(ask, &shared, clock, &mut self.worker.borrow_mut());
         if let Choice::Route { attempt, transition } = &choice {
             if let Some(t) = transition {
@@ -449,7 +486,11 @@ impl<H: Host> Plugin<H> {
             }
         }
 
+        if let Ok(Some((value, _))) = store::Store::get(&self.host, DRAINS_KEY) {
+            shared_bytes += value.len() + DRAINS_KEY.len();
+        }
         stats::set(&self.host, self.stats.shared_bytes, shared_bytes as u64);
+        self.load_drains();
         for ((ejected, limited), s) in models.values().zip(self.vendor_stats.values()) {
             stats::set(&self.host, s.models_ejected, *ejected);
             stats::set(&self.host, s.models_rate_limited, *limited);
@@ -491,29 +532,73 @@ impl<H: Host> Plugin<H> {
 
     /// Tells every other worker to drop its copy of `unit`.
     fn notify(&self, unit: UnitId) {
-        let Some(key) = self.keys.get(unit) else {
-            return;
+        if let Some(key) = self.keys.get(unit) {
+            self.broadcast(key.as_bytes());
+        }
+    }
+
+    /// Drains a notification queue, dropping the copies it names.
+    pub fn on_notified(&self, token: u32) {
+        let mut drains_changed = false;
+        {
+            let mut worker = self.worker.borrow_mut();
+            while let Ok(Some(message)) = self.host.dequeue(token) {
+                if message == DRAINS_CHANGED {
+                    drains_changed = true;
+                } else if let Some(unit) = self.keys.position(|k| k.as_bytes() == message.as_slice()) {
+                    worker.view.forget(unit);
+                }
+            }
+        }
+        if drains_changed {
+            self.load_drains();
+        }
+    }
+
+    /// Reads the operators' drains from shared data if they changed (on
+    /// every refresh, and when told), and sets the `drained` gauges.
+    pub fn load_drains(&self) {
+        let blob = match store::Store::get(&self.host, DRAINS_KEY) {
+            Ok(found) => found.map(|(b, _)| b),
+            Err(_) => return,
         };
+        if *self.drains_blob.borrow() == blob && self.drains_blob.borrow().is_some() {
+            return;
+        }
+        let drains = Drains::decode(blob.as_deref());
+        let drained = Drained::of(&self.config, &drains);
+        for (id, s) in self.vendor_stats.iter() {
+            stats::set(&self.host, s.drained, u64::from(drained.vendor(id)));
+        }
+        *self.drained.borrow_mut() = drained;
+        *self.drains_blob.borrow_mut() = Some(blob.unwrap_or_default());
+    }
+
+    /// Tells every other worker `message` (a unit key, or `DRAINS_CHANGED`).
+    /// A token of a VM that is gone fails or is never read: harmless.
+    pub fn broadcast(&self, message: &[u8]) {
         let Ok(Some((registry, _))) = store::Store::get(&self.host, notify::REGISTRY_KEY) else {
             return;
         };
         let own = self.queue.get();
         for token in notify::tokens(&registry) {
             if Some(token) != own {
-                // A token of a VM that is gone fails or is never read: harmless.
-                let _ = self.host.enqueue(token, key.as_bytes());
+                let _ = self.host.enqueue(token, message);
             }
         }
     }
 
-    /// Drains a notification queue, dropping the copies it names.
-    pub fn on_notified(&self, token: u32) {
-        let mut worker = self.worker.borrow_mut();
-        while let Ok(Some(message)) = self.host.dequeue(token) {
-            if let Some(unit) = self.keys.position(|k| k.as_bytes() == message.as_slice()) {
-                worker.view.forget(unit);
-            }
-        }
+    /// The lifetime failure counts of a vendor by reason (Envoy's counters,
+    /// shared by every worker).
+    pub fn failures_by_reason(&self, vendor: VendorId) -> Vec<(String, u64)> {
+        let Some(s) = self.vendor_stats.get(vendor) else {
+            return Vec::new();
+        };
+        crate::policy::classify::Reason::ALL
+            .iter()
+            .zip(&s.failures_by_reason)
+            .map(|(r, &id)| (r.name().to_string(), self.host.metric_value(id).unwrap_or(0)))
+            .collect()
     }
 
     /// Applies the changes that send the current request to `vendor` as

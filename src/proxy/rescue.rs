@@ -107,11 +107,13 @@ pub fn choose_same<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) -> Optio
         return None;
     }
     let candidates = [candidate.clone()];
+    let requested = jb.request.as_ref().and_then(|r| r.model.clone());
     let ask = Ask {
         candidates: &candidates,
         all_down: AllDown::Reject,
         tried: &[],
         claim_probes: true,
+        requested: requested.as_deref(),
     };
     let Choice::Route { attempt, .. } = p.pick(&ask, &mut || now_ms) else {
         return None;
@@ -162,11 +164,13 @@ pub fn choose<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) ->
     }
     let candidates = jb.flight.next_candidates(why);
     let tried = jb.flight.tried_units();
+    let requested = jb.request.as_ref().and_then(|r| r.model.clone());
     let ask = Ask {
         candidates: &candidates,
         all_down: AllDown::Reject,
         tried: &tried,
         claim_probes: true,
+        requested: requested.as_deref(),
     };
     let Choice::Route { attempt, .. } = p.pick(&ask, &mut || now_ms) else {
         return None;

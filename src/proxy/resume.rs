@@ -73,11 +73,13 @@ pub fn start<H: Host>(
         .filter(|c| style_of(c.vendor).is_some())
         .collect();
     let tried = jb.flight.tried_units();
+    let requested = jb.request.as_ref().and_then(|r| r.model.clone());
     let ask = Ask {
         candidates: &candidates,
         all_down: AllDown::Reject,
         tried: &tried,
         claim_probes: true,
+        requested: requested.as_deref(),
     };
     let Choice::Route { attempt, .. } = p.pick(&ask, &mut || now_ms) else {
         return None;

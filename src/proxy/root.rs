@@ -156,8 +156,12 @@ impl<H: Host + Clone> Root<H> {
             .filter_map(|&i| c.vendors.get(i))
             .map(|v| {
                 format!(
-                    "{} (cluster {}, priority {}, weight {})",
-                    v.name, v.cluster, v.priority, v.weight
+                    "{} (cluster {}, priority {}, weight {}{})",
+                    v.name,
+                    v.cluster,
+                    v.priority,
+                    v.weight,
+                    if v.disabled { ", disabled" } else { "" }
                 )
             })
             .collect();

@@ -34,6 +34,8 @@ pub struct VendorStats {
     pub models_ejected: u32,
     /// Its model units skipped for a 429 now.
     pub models_rate_limited: u32,
+    /// 1 while it is drained (by an operator, or `disabled` in the config).
+    pub drained: u32,
     /// `stream_errors.<type>`: defined as types are first seen.
     stream_errors: RefCell<Vec<(String, u32)>>,
 }
@@ -115,6 +117,7 @@ impl VendorStats {
             window_slow: gauge("window_slow")?,
             models_ejected: gauge("models_ejected")?,
             models_rate_limited: gauge("models_rate_limited")?,
+            drained: gauge("drained")?,
             stream_errors: RefCell::new(Vec::new()),
             prefix: p,
         })

@@ -25,6 +25,7 @@ use crate::policy::reply;
 use crate::policy::rescue::{Flight, Move, Pending};
 use crate::policy::resume::{End, Follow};
 use crate::policy::sse::{self, Scanner};
+use crate::proxy::admin;
 use crate::proxy::host::{find, Buffer, Host, Map, RESPONSE_CODE, RESPONSE_FLAGS};
 use crate::proxy::plugin::Plugin;
 use crate::proxy::relay;
@@ -98,6 +99,9 @@ impl<H: Host> Stream<H> {
         // One host call for every header: the path names the API format,
         // and a rescue replays the rest.
         let mut headers = p.host.headers(Map::RequestHeaders).unwrap_or_default();
+        if p.config.admin.is_some() && admin::serve(&p, &headers) {
+            return Action::Pause; // an operator's request, answered
+        }
         if let Some(value) = find(&headers, RELAY_HEADER).map(<[u8]>::to_vec) {
             let _ = p.host.remove_header(Map::RequestHeaders, RELAY_HEADER);
             if let Some(action) = self.continue_journey(&p, &value, end_of_stream, now_ms) {
@@ -323,7 +327,12 @@ impl<H: Host> Stream<H> {
         }
         let choice = {
             let jb = j.borrow();
-            p.pick(&Ask::first(&jb.flight.plan, p.all_down()), &mut || p.now())
+            let requested = jb.request.as_ref().and_then(|r| r.model.as_deref());
+            let ask = Ask {
+                requested,
+                ..Ask::first(&jb.flight.plan, p.all_down())
+            };
+            p.pick(&ask, &mut || p.now())
         };
         match choice {
             Choice::Route { attempt, .. } => {

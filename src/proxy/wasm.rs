@@ -73,6 +73,7 @@ extern "C" {
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
     fn proxy_send_local_response(
         status_code: u32,
         details_data: *const u8,
@@ -343,6 +344,13 @@ impl Host for WasmHost {
     fn record_metric(&self, id: u32, value: u64) {
         // SAFETY: plain value arguments.
         let _ = unsafe { proxy_record_metric(id, value) };
+    }
+
+    fn metric_value(&self, id: u32) -> Option<u64> {
+        let mut value: u64 = 0;
+        // SAFETY: the host writes one u64.
+        check(unsafe { proxy_get_metric(id, &mut value) }).ok()?;
+        Some(value)
     }
 }
 

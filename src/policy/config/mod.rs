@@ -114,6 +114,65 @@ pub struct Config {
     /// it, `model_units` of them).
     pub model_slots: Table<VendorId, Option<UnitId>>,
     pub rescue: Rescue,
+    /// The operator's endpoint (status, drain), if configured.
+    pub admin: Option<Admin>,
+}
+
+/// The operator's endpoint: where, and the bearer token a caller must show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// A path of its own, e.g. `/llm-failover`.
+    pub path: String,
+    /// Read from the environment variable `token_env`; never from the JSON.
+    pub token: Secret,
+}
+
+/// The `admin` section: off unless `path` is given; then `token_env` names
+/// the environment variable holding the bearer token (at least 16
+/// characters, so it cannot be guessed by trying).
+fn parse_admin(root: &Fields, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Admin>, ConfigError> {
+    let Some(f) = root.section("admin")? else {
+        return Ok(None);
+    };
+    let path = f.string("path")?;
+    let token_env = f.string("token_env")?;
+    f.finish()?;
+    let Some(path) = path else {
+        return err(
+            "admin.path",
+            "is required in an `admin` section (leave the section out to turn it off)",
+        );
+    };
+    let path_ok = path.starts_with('/')
+        && path.len() > 1
+        && !path.ends_with('/')
+        && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+    if !path_ok {
+        return err(
+            "admin.path",
+            format!("must be a path like \"/llm-failover\" (letters, digits, / - _ . ~; no trailing /), got {path:?}"),
+        );
+    }
+    let Some(var) = token_env else {
+        return err(
+            "admin.token_env",
+            "is required: the environment variable holding the bearer token",
+        );
+    };
+    match env(&var) {
+        Some(t) if t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(Admin {
+            path,
+            token: Secret::new(t),
+        })),
+        Some(t) if !t.is_empty() => err(
+            "admin.token_env",
+            format!("environment variable {var} must hold at least 16 printable characters without spaces"),
+        ),
+        _ => err(
+            "admin.token_env",
+            format!("environment variable {var} is not set or empty (give it to the VM with vm_config.environment_variables)"),
+        ),
+    }
 }
 
 /// A configuration problem: which field, and what is wrong with it.
@@ -175,6 +234,7 @@ impl Config {
         let failure_statuses = parse_statuses(&root)?;
         let all_down = parse_all_down(&root)?;
         let refresh_ms = parse_refresh(&root)?;
+        let admin = parse_admin(&root, env)?;
         root.finish()?;
 
         let vendors_len = vendors.len();
@@ -206,6 +266,7 @@ impl Config {
                 .collect(),
             units: units.into(),
             rescue,
+            admin,
         })
     }
 }

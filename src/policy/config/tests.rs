@@ -43,6 +43,7 @@ fn minimal_config_takes_every_default() {
             model_units: DEFAULT_MODEL_UNITS,
             prefill: Prefill::Auto,
             buffered: false,
+            disabled: false,
         }]
     );
     // Its own unit, then its model slots.
@@ -517,6 +518,7 @@ const REFERENCE: &[&str] = &[
     "vendors[].model_units",
     "vendors[].prefill",
     "vendors[].buffered",
+    "vendors[].disabled",
     "groups",
     "rescue.max_attempts",
     "rescue.deadline",
@@ -546,6 +548,8 @@ const REFERENCE: &[&str] = &[
     "rate_limit.max_cooldown",
     "all_down",
     "refresh_interval",
+    "admin.path",
+    "admin.token_env",
 ];
 
 /// The fields inside the reference's compound values, and the sections.
@@ -555,6 +559,7 @@ const INNER: &[&str] = &[
     "vendors[].paths.anthropic",
     "vendors[].models.*.model",
     "vendors[].models.*.context_window",
+    "vendors[].models.*.disabled",
     "groups[]",
     "groups[].models",
     "groups[].targets",
@@ -570,6 +575,7 @@ const INNER: &[&str] = &[
     "recovery",
     "slow",
     "rate_limit",
+    "admin",
 ];
 
 #[test]
@@ -891,7 +897,7 @@ impl Gen {
             v.insert("name".into(), self.value("vendors[].name", &[&name], &bad));
         }
         let long = format!("\"{}\"", "c".repeat(256));
-        let fields: [Field; 9] = [
+        let fields: [Field; 10] = [
             (
                 "cluster",
                 &["\"c1\"", "\"outbound|443||api.openai.com\"", "\"openai_api\""],
@@ -923,6 +929,7 @@ impl Gen {
                 &["\"yes\"", "true"],
             ),
             ("buffered", &["true", "false"], &["1", "\"yes\""]),
+            ("disabled", &["false"], &["1", "\"yes\""]),
         ];
         for (key, good, bad) in fields {
             let field = format!("vendors[].{key}");
@@ -1228,6 +1235,22 @@ impl Gen {
                 doc.insert(key.into(), self.value(key, good, bad));
             }
         }
+        if self.writes("admin", 5) {
+            let mut a = Map::new();
+            let path = self.value(
+                "admin.path",
+                &["\"/llm-failover\"", "\"/ops/lf_1\""],
+                &["\"llm\"", "\"/a/\"", "\"/a b\"", "3"],
+            );
+            a.insert("path".into(), path);
+            let token = self.value(
+                "admin.token_env",
+                &["\"TOKEN_A\""],
+                &["\"TOKEN_SHORT\"", "\"NOPE\"", "7"],
+            );
+            a.insert("token_env".into(), token);
+            doc.insert("admin".into(), Value::Object(a));
+        }
         self.maybe_unknown(&mut doc);
         Value::Object(doc)
     }
@@ -1310,6 +1333,8 @@ fn property_any_input_is_parsed_or_refused_with_a_field() {
         "KEY_A" => Some("sk-test".to_string()),
         "KEY_EMPTY" => Some(String::new()),
         "KEY_BAD" => Some("has space".to_string()),
+        "TOKEN_A" => Some("0123456789abcdef-token".to_string()),
+        "TOKEN_SHORT" => Some("abc".to_string()),
         _ => None,
     };
     let mut gen = Gen {

@@ -41,6 +41,8 @@ pub struct Vendor {
     /// Requests whose first attempt goes to it are answered whole (see
     /// `Rescue::buffered_timeout_ms`).
     pub buffered: bool,
+    /// Drained by the configuration: no request is routed to it.
+    pub disabled: bool,
 }
 
 /// One entry of a vendor's model map.
@@ -51,6 +53,8 @@ pub struct Mapping {
     /// The vendor's model.
     pub model: String,
     pub context_window: Option<u64>,
+    /// Drained by the configuration: no request goes to this model.
+    pub disabled: bool,
 }
 
 /// How a vendor is asked to continue an answer from a given prefix (a
@@ -158,6 +162,10 @@ impl Paths {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -290,7 +298,7 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
                 for (requested, to) in map {
                     let mpath = format!("{}.{requested}", f.path("models"));
                     model_name(&Value::String(requested.clone()), &mpath)?;
-                    let (model, context_window) = match to {
+                    let (model, context_window, disabled) = match to {
                         Value::Object(_) => {
                             let mf = Fields::new(&mpath, to)?;
                             let Some(model) = mf.get("model") else {
@@ -298,15 +306,17 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
                             };
                             let model = model_name(model, &mf.path("model"))?;
                             let window = context_window(&mf)?;
+                            let disabled = mf.boolean("disabled", false)?;
                             mf.finish()?;
-                            (model, window)
+                            (model, window, disabled)
                         }
-                        other => (model_name(other, &mpath)?, None),
+                        other => (model_name(other, &mpath)?, None, false),
                     };
                     list.push(Mapping {
                         requested: requested.clone(),
                         model,
                         context_window,
+                        disabled,
                     });
                 }
                 Some(list)
@@ -336,6 +346,7 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
             }
         };
         let buffered = f.boolean("buffered", false)?;
+        let disabled = f.boolean("disabled", false)?;
         f.finish()?;
         vendors.push(Vendor {
             name,
@@ -350,7 +361,11 @@ pub(super) fn parse_vendors(root: &Fields, env: &dyn Fn(&str) -> Option<String>)
             model_units,
             prefill,
             buffered,
+            disabled,
         });
+    }
+    if vendors.iter().all(|v| v.disabled) {
+        return err("vendors", "every vendor is disabled: leave at least one to serve");
     }
     Ok(vendors)
 }

@@ -419,6 +419,12 @@ impl Host for FakeHost {
             m.2 = i64::try_from(value).unwrap_or(i64::MAX);
         }
     }
+
+    fn metric_value(&self, id: u32) -> Option<u64> {
+        let index = usize::try_from(id).unwrap_or(0).wrapping_sub(1);
+        let metrics = self.process.metrics.borrow();
+        metrics.get(index).map(|m| u64::try_from(m.2).unwrap_or(0))
+    }
 }
 
 /// Log lines of the current thread, captured from the `log` facade.

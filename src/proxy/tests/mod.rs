@@ -1,5 +1,6 @@
 //! The contexts driven through the fake host: at least one test per callback, as scenarios.
 
+mod admin;
 mod answers;
 mod hostile;
 mod models;
