@@ -153,7 +153,8 @@ class Registry:
     """A client of the Distribution HTTP API v2 for one repository."""
 
     def __init__(self, ref: Ref, plain_http: bool = False):
-        loopback = ref.host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
+        hostname = re.sub(r":\d+$", "", ref.host)
+        loopback = hostname in ("localhost", "[::1]") or hostname.startswith("127.")
         scheme = "http" if plain_http or loopback else "https"
         self.base = f"{scheme}://{ref.host}/v2/{ref.name}/"
 
