@@ -70,9 +70,13 @@ pub fn serve<H: Host>(p: &Plugin<H>, headers: &Pairs) -> bool {
         }
         Ask::Unknown => (404, "application/json", json_error("no such operation")),
     };
-    let headers: [(&str, &[u8]); 2] = [
+    // Which worker answered (its notification queue's id): the document is
+    // the same from any of them.
+    let worker = p.queue.get().unwrap_or(0).to_string();
+    let headers: [(&str, &[u8]); 3] = [
         ("content-type", content_type.as_bytes()),
         ("cache-control", b"no-store"),
+        ("x-llm-failover-worker", worker.as_bytes()),
     ];
     if let Err(e) = p
         .host
