@@ -320,6 +320,8 @@ pub struct VendorStatus {
     pub name: String,
     pub cluster: String,
     pub priority: u32,
+    /// Its own unit's state (its models' units are listed with the units).
+    pub state: &'static str,
     /// `"api"` (an operator's drain), `"config"` (`disabled: true`), or absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drained: Option<&'static str>,
@@ -413,12 +415,8 @@ impl Status {
              .closed{background:#d9f2d9}.open{background:#f7c6c6}.half-open{background:#fbe5b6}\
              .rate-limited{background:#d6e4f7}.drained{background:#ddd}</style></head><body>\n",
         );
-        let _ = writeln!(
-            h,
-            "<h1>llm-failover status</h1>\n<p>as of {} ms since the epoch</p>",
-            self.now_ms
-        );
-        h.push_str("<h2>Vendors</h2>\n<table><tr><th>vendor</th><th>cluster</th><th>priority</th><th>drained</th><th>failures by reason (since start)</th></tr>\n");
+        let _ = writeln!(h, "<h1>llm-failover status</h1>\n<p>as of {} UTC</p>", utc(self.now_ms));
+        h.push_str("<h2>Vendors</h2>\n<table><tr><th>vendor</th><th>state</th><th>cluster</th><th>priority</th><th>drained</th><th>failures by reason (since start)</th></tr>\n");
         for v in &self.vendors {
             let drained = match (v.drained, v.drained_models.is_empty()) {
                 (Some(by), _) => format!("yes ({by})"),
@@ -433,9 +431,10 @@ impl Status {
                 .collect();
             let _ = writeln!(
                 h,
-                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{drained}</td><td>{}</td></tr>",
-                if v.drained.is_some() { "drained" } else { "" },
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{drained}</td><td>{}</td></tr>",
+                if v.drained.is_some() { "drained" } else { v.state },
                 esc(&v.name),
+                v.state,
                 esc(&v.cluster),
                 v.priority,
                 if reasons.is_empty() {
@@ -464,22 +463,22 @@ impl Status {
                 u.window.failure_ratio,
                 u.consecutive_failures,
                 u.backoff_level,
-                u.ejected_until_ms.map(|t| t.to_string()).unwrap_or_default(),
-                u.rate_limited_until_ms.map(|t| t.to_string()).unwrap_or_default(),
+                u.ejected_until_ms.map(|t| self.ahead(t)).unwrap_or_default(),
+                u.rate_limited_until_ms.map(|t| self.ahead(t)).unwrap_or_default(),
             );
         }
         h.push_str("</table>\n<h2>Drains</h2>\n");
         if self.drains.is_empty() {
             h.push_str("<p>none</p>\n");
         } else {
-            h.push_str("<table><tr><th>vendor</th><th>model</th><th>since (ms)</th><th>forced</th></tr>\n");
+            h.push_str("<table><tr><th>vendor</th><th>model</th><th>since (UTC)</th><th>forced</th></tr>\n");
             for d in &self.drains {
                 let _ = writeln!(
                     h,
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     esc(&d.vendor),
                     esc(d.model.as_deref().unwrap_or("(whole vendor)")),
-                    d.since_ms,
+                    utc(d.since_ms),
                     d.forced
                 );
             }
@@ -488,6 +487,36 @@ impl Status {
         h.push_str("</body></html>\n");
         h
     }
+}
+
+impl Status {
+    /// A time ahead, said from now: `in 12.3 s`.
+    fn ahead(&self, at_ms: u64) -> String {
+        format!("in {:.1} s", at_ms.saturating_sub(self.now_ms) as f64 / 1000.0)
+    }
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // The civil date from days since 1970-01-01 (the days-from-civil
+    // algorithm run backwards, with 400-year eras of 146,097 days).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// HTML-escaped text.
@@ -630,6 +659,13 @@ mod tests {
     }
 
     #[test]
+    fn times_read_as_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_795_954_101_490), "2026-11-29 12:08:21");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
     fn the_html_page_escapes_what_it_shows() {
         let s = Status {
             now_ms: 1,
@@ -637,6 +673,7 @@ mod tests {
                 name: "a<script>".into(),
                 cluster: "c".into(),
                 priority: 0,
+                state: "open",
                 drained: Some("api"),
                 drained_models: vec![],
                 failures_by_reason: vec![("status".into(), 2)],

@@ -121,10 +121,30 @@ fn status<H: Host>(p: &Plugin<H>, now_ms: u64) -> Status {
             .map(|(b, _)| b)
             .as_deref(),
     );
+    let units: Vec<_> = p
+        .keys
+        .iter()
+        .filter_map(|(unit, key)| {
+            let loaded = store::load(&p.host, key, p.rules.window).ok()?;
+            admin::unit_status(
+                c,
+                unit,
+                p.unit_label(unit),
+                &loaded.state,
+                c.recovery.probes.get(),
+                now_ms,
+            )
+        })
+        .collect();
     let vendors = c
         .vendors
         .iter()
         .map(|(id, v)| {
+            // The vendor's own unit comes first among its units.
+            let state = units
+                .iter()
+                .find(|u| u.vendor == v.name && u.model.is_none())
+                .map_or("closed", |u| u.state);
             let by_api = drains.list.iter().any(|d| d.vendor == v.name && d.model.is_none());
             let mut drained_models: Vec<String> = v
                 .models
@@ -144,6 +164,7 @@ fn status<H: Host>(p: &Plugin<H>, now_ms: u64) -> Status {
                 name: v.name.clone(),
                 cluster: v.cluster.clone(),
                 priority: v.priority,
+                state,
                 drained: if by_api {
                     Some("api")
                 } else if v.disabled {
@@ -154,21 +175,6 @@ fn status<H: Host>(p: &Plugin<H>, now_ms: u64) -> Status {
                 drained_models,
                 failures_by_reason: p.failures_by_reason(id),
             }
-        })
-        .collect();
-    let units = p
-        .keys
-        .iter()
-        .filter_map(|(unit, key)| {
-            let loaded = store::load(&p.host, key, p.rules.window).ok()?;
-            admin::unit_status(
-                c,
-                unit,
-                p.unit_label(unit),
-                &loaded.state,
-                c.recovery.probes.get(),
-                now_ms,
-            )
         })
         .collect();
     Status {
