@@ -33,6 +33,9 @@ pub struct Plugin<H: Host> {
     /// Shared-data key of each unit.
     pub keys: Table<UnitId, String>,
     vendor_stats: Table<VendorId, VendorStats>,
+    /// Each unit's state gauge, `llm_failover.unit.<unit>.state` (the
+    /// vendors' own, their configured models', their model slots').
+    unit_state: Table<UnitId, u32>,
     pub stats: GlobalStats,
     /// Round robin, missing clusters and the copy of the shared state.
     pub worker: RefCell<Worker>,
@@ -94,12 +97,22 @@ impl<H: Host> Plugin<H> {
             .map(|v| VendorStats::define(&host, &v.name))
             .collect::<Result<Table<_, _>, _>>()?;
         let stats = GlobalStats::define(&host)?;
+        let unit_state = config
+            .units
+            .values()
+            .map(|u| {
+                let name = format!("llm_failover.unit.{}.state", unit_name(&config, u));
+                host.define_metric(crate::proxy::host::MetricKind::Gauge, &name)
+                    .map_err(|e| format!("cannot define metric {name}: host status {}", e.0))
+            })
+            .collect::<Result<Table<_, _>, _>>()?;
         Ok(Plugin {
             reads_bodies: journey::reads_bodies(&config),
             host,
             rules,
             keys,
             vendor_stats,
+            unit_state,
             stats,
             worker: RefCell::new(Worker::new(units, n)),
             clock_ms: Cell::new(0),
@@ -471,6 +484,9 @@ impl<H: Host> Plugin<H> {
                         stats::set(&self.host, s.window_requests, totals.requests());
                         stats::set(&self.host, s.window_failures, totals.failures);
                         stats::set(&self.host, s.window_slow, totals.slow);
+                    }
+                    if let (None, Some(&id)) = (reset, self.unit_state.get(unit)) {
+                        stats::set(&self.host, id, state.effective_kind(now_ms).gauge());
                     }
                     self.worker.borrow_mut().view.put(unit, state, now_ms);
                 }

@@ -225,6 +225,7 @@ def envoy_config(
                 {"tag_name": "vendor", "regex": r"^wasmcustom\.llm_failover\.vendor\.((.+?)\.)"},
                 {"tag_name": "reason", "regex": r"^wasmcustom\.llm_failover\.vendor\.[^.]+\.failures_by_reason(\.(\w+))$"},
                 {"tag_name": "error_type", "regex": r"^wasmcustom\.llm_failover\.vendor\.[^.]+\.stream_errors(\.(\w+))$"},
+                {"tag_name": "unit", "regex": r"^wasmcustom\.llm_failover\.unit\.((.+)\.)state$"},
             ]
         },
         "static_resources": {
