@@ -23,7 +23,7 @@ LABEL_VALUES_RE = re.compile(r"label_values\(\s*([A-Za-z_:][A-Za-z0-9_:]*)\s*,\s
 # Labels Prometheus adds to every series when it scrapes a target.
 SCRAPE_LABELS = {"instance", "job"}
 # The labels the shipped stats_tags make, which the dashboard must use.
-TAG_LABELS = {"vendor", "reason", "error_type"}
+TAG_LABELS = {"vendor", "reason", "error_type", "unit"}
 
 
 def exposition(text: str) -> dict[str, list[dict[str, str]]]:
@@ -81,7 +81,7 @@ def stats_tags_of_envoy_yaml() -> list[tuple[str, str]]:
 
 def test_harness_uses_the_shipped_stats_tags():
     shipped = stats_tags_of_envoy_yaml()
-    assert [t for t, _ in shipped] == ["vendor", "reason", "error_type"]
+    assert [t for t, _ in shipped] == ["vendor", "reason", "error_type", "unit"]
     harness_tags = envoy_config({}, {"anthropic": 1})["stats_config"]["stats_tags"]
     assert [(t["tag_name"], t["regex"]) for t in harness_tags] == shipped
 
