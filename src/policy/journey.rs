@@ -5,7 +5,7 @@
 
 use crate::policy::adapt::Request;
 use crate::policy::config::{Config, Format, VendorId};
-use crate::policy::plan::Candidate;
+use crate::policy::plan::{Attempt, Candidate};
 use crate::policy::rescue::{Flight, Move};
 use crate::policy::sse::Scanner;
 use std::cell::RefCell;
@@ -103,7 +103,9 @@ pub struct Journey {
     /// When a streamed answer must have shown its first event.
     pub first_token_deadline: Option<u64>,
     /// The vendor the request was routed to at its headers, and how.
-    pub at_headers: Option<(VendorId, Option<Candidate>)>,
+    /// Set only when it goes unread after all (too large, or Envoy hands
+    /// the filter no bodies): chosen then, by the headers.
+    pub at_headers: Option<(Attempt, Option<Candidate>)>,
     /// Reads a held stream's first event.
     pub peek: Option<Scanner>,
     /// Bytes of the held stream already fed to `peek`.

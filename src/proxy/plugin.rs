@@ -659,6 +659,29 @@ impl<H: Host> Plugin<H> {
         }
     }
 
+    /// Routes a request by its headers only (it goes unread): health by
+    /// vendor, path, authority and credentials adapted to the vendor.
+    /// `None`: it was answered (every vendor out, or none).
+    pub fn route_unread(
+        &self,
+        j: &crate::policy::journey::Journey,
+        now_ms: u64,
+    ) -> Option<(Attempt, Option<Candidate>)> {
+        let candidates = crate::policy::plan::at_headers(&self.config, j.format);
+        match self.pick(&Ask::first(&candidates, self.all_down()), &mut || now_ms) {
+            Choice::Route { attempt, .. } => {
+                let candidate = candidates.into_iter().find(|c| c.unit == attempt.unit);
+                self.send_to(attempt.vendor, candidate.as_ref(), j.format, &j.headers);
+                Some((attempt, candidate))
+            }
+            Choice::Reject { due, now_ms } => {
+                self.reject(j.format, &due, now_ms, None);
+                None
+            }
+            Choice::Nothing => None,
+        }
+    }
+
     /// Answers at once: every vendor is ejected and `all_down` is `reject`.
     pub fn reject(&self, format: Option<Format>, due: &[choice::Due], now_ms: u64, j: Option<&JourneyRef>) {
         self.add(self.stats.all_down, 1);

@@ -402,13 +402,12 @@ pub fn release_stuck<H: Host>(p: &Plugin<H>, now_ms: u64) {
         // Passed first: resuming may deliver the body at once.
         j.borrow_mut().stage = Stage::Passed;
         if p.host.set_effective_context(ctx).is_ok() {
-            {
-                let jb = j.borrow();
-                if let Some((vendor, candidate)) = &jb.at_headers {
-                    p.send_to(*vendor, candidate.as_ref(), jb.format, &jb.headers);
-                }
+            let route = p.route_unread(&j.borrow(), now_ms);
+            // `None`: answered, every vendor out.
+            if let Some(chosen) = route {
+                j.borrow_mut().at_headers = Some(chosen);
+                let _ = p.host.resume_request();
             }
-            let _ = p.host.resume_request();
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::policy::config::Format;
 use crate::policy::journey::{self, Arrival, Aside, BodyAccess, BodyStep, Journey, JourneyRef, Stage, BUFFERED_HEADER};
 use crate::policy::observe::Watch;
 use crate::policy::outbound;
-use crate::policy::plan::{self, Attempt, Candidate, Unserved};
+use crate::policy::plan::{self, Attempt, Unserved};
 use crate::policy::ratelimit;
 use crate::policy::relay::RELAY_HEADER;
 use crate::policy::reply;
@@ -146,16 +146,15 @@ impl<H: Host> Stream<H> {
         };
         let mut journey = Journey::new(self.ctx, now_ms, format, headers, &p.config);
         journey.buffered = buffered_asked;
-        // Route by the headers first: if the body never comes (Envoy without
-        // allow_on_headers_stop_iteration), the request is still routable.
-        let Some((attempt, candidate)) = self.route_at_headers(&p, &journey, now_ms, intake.hold) else {
-            return Action::Pause; // answered already
-        };
-        self.routed = Some(attempt);
-        journey.at_headers = Some((attempt.vendor, candidate));
         if !intake.hold {
+            let Some((attempt, _)) = p.route_unread(&journey, now_ms) else {
+                return Action::Pause; // answered already
+            };
+            self.routed = Some(attempt);
             return Action::Continue;
         }
+        // Held for its body, which chooses the route: nothing is chosen now
+        // (should it go unread after all, it is chosen then by its headers).
         let j = Rc::new(RefCell::new(journey));
         p.journeys.borrow_mut().insert(self.ctx, j.clone());
         self.journey = Some(j);
@@ -192,43 +191,6 @@ impl<H: Host> Stream<H> {
             return Some(Action::Continue);
         }
         Some(Action::Pause)
-    }
-
-    /// Routes a request by its headers only: health by vendor, path,
-    /// authority and credentials adapted to the vendor. A request held for
-    /// its body (`held`) only gets the routing header now, and no probe slot:
-    /// it is chosen for again once its model is known.
-    fn route_at_headers(
-        &self,
-        p: &Plugin<H>,
-        j: &Journey,
-        now_ms: u64,
-        held: bool,
-    ) -> Option<(Attempt, Option<Candidate>)> {
-        let candidates = plan::at_headers(&p.config, j.format);
-        let ask = Ask {
-            claim_probes: !held,
-            ..Ask::first(&candidates, p.all_down())
-        };
-        match p.pick(&ask, &mut || now_ms) {
-            Choice::Route { attempt, .. } => {
-                let candidate = candidates.into_iter().find(|c| c.unit == attempt.unit);
-                if held {
-                    let cluster = p.config.vendors.get(attempt.vendor)?.cluster.as_bytes();
-                    let _ = p
-                        .host
-                        .set_header(Map::RequestHeaders, &p.config.cluster_header, cluster);
-                } else {
-                    p.send_to(attempt.vendor, candidate.as_ref(), j.format, &j.headers);
-                }
-                Some((attempt, candidate))
-            }
-            Choice::Reject { due, now_ms } => {
-                p.reject(j.format, &due, now_ms, None);
-                None
-            }
-            Choice::Nothing => None,
-        }
     }
 
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -268,15 +230,20 @@ impl<H: Host> Stream<H> {
                     p.refuse(&j, r, "llm_failover_too_large");
                     return Action::Pause;
                 }
-                // Too large to hold: it goes as routed at its headers, with
+                // Too large to hold: it goes as routed by its headers, with
                 // the vendor's key and never the client's, its body
                 // untouched, without rescue.
                 j.borrow_mut().stage = Stage::Passed;
-                let jb = j.borrow();
-                if let Some((vendor, candidate)) = &jb.at_headers {
-                    p.send_to(*vendor, candidate.as_ref(), jb.format, &jb.headers);
+                let now_ms = p.now();
+                let route = p.route_unread(&j.borrow(), now_ms);
+                match route {
+                    Some((attempt, candidate)) => {
+                        self.routed = Some(attempt);
+                        j.borrow_mut().at_headers = Some((attempt, candidate));
+                        Action::Continue
+                    }
+                    None => Action::Pause, // answered already
                 }
-                Action::Continue
             }
             BodyStep::Wait => Action::Pause,
             BodyStep::Complete => self.route_with_body(&p, &j, body_size),
@@ -398,7 +365,8 @@ impl<H: Host> Stream<H> {
     }
 
     /// The router's attempt is the journey's current one: a retry the tick
-    /// sent on (`relay::retry`) started it outside this stream's callbacks.
+    /// sent on (`relay::retry`), or a request the tick released unread
+    /// (`rescue::release_stuck`), started it outside this stream's callbacks.
     fn sync_routed(&mut self) {
         if let Some(j) = &self.journey {
             let jb = j.borrow();
@@ -406,6 +374,9 @@ impl<H: Host> Stream<H> {
                 if let Some(a) = jb.flight.current() {
                     self.routed = Some(*a);
                 }
+            }
+            if self.routed.is_none() {
+                self.routed = jb.at_headers.as_ref().map(|(a, _)| *a);
             }
         }
     }
