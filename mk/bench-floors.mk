@@ -1,0 +1,12 @@
+# Where the filter's cost per request goes: the filter next to the least a
+# failover filter must do (bench/floors/): an empty wasm filter, one that
+# writes the routing header, one that holds the request for its body, reads
+# it and writes the header, and this filter routing by headers only.
+# Not part of `make test`; about 6 minutes.
+bench-floors: setup build
+	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+	$(VPY) bench/run.py --variants baseline,empty,filter --rounds 3 \
+		--extra-variant route=$(EMPTY_WASM):bench/floors/route.json \
+		--extra-variant hold=$(EMPTY_WASM):bench/floors/hold.json \
+		--extra-variant headers-only=$(WASM):bench/floors/filter-headers.json \
+		--output bench/results/floors.json $(BENCH_ARGS)
