@@ -7,6 +7,8 @@ Systems (bench/PEERS.md says how each is configured and why):
   direct        wrk straight at the upstream (cost only)
   baseline      Envoy, one route, router only: every ratio is taken against it
   filter        Envoy with llm_failover.wasm (three vendors, default settings)
+  filter-relay  the same with the live-streamed rescue on, as envoy/envoy.yaml
+                ships it (cost only; the failover part runs the filter so)
   envoy-native  Envoy's own failover: outlier detection on each vendor's
                 cluster, an aggregate cluster over them, retries to the next
                 priority
@@ -65,7 +67,6 @@ VENDORS = ["anthropic", "openai", "xai"]  # in order of preference
 PREFERRED = VENDORS[0]
 DIRECT, BASELINE, FILTER, FILTER_RELAY, NATIVE, LITELLM = (
     "direct", "baseline", "filter", "filter-relay", "envoy-native", "litellm")
-COST_SYSTEMS = [DIRECT, BASELINE, FILTER, NATIVE, LITELLM]
 FAILOVER_SYSTEMS = [BASELINE, FILTER, NATIVE, LITELLM]
 KNOWN_SYSTEMS = [DIRECT, BASELINE, FILTER, FILTER_RELAY, NATIVE, LITELLM]
 
@@ -1056,9 +1057,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="a short run: 1 round x 2 s of cost, 8 s outages after 3 s, 8 s after the heal")
     p.add_argument("--parts", default="cost,failover", help="cost,failover (default both)")
-    p.add_argument("--systems", default=",".join(KNOWN_SYSTEMS[:2] + [FILTER, NATIVE, LITELLM]),
-                   help=f"from {','.join(KNOWN_SYSTEMS)} (default all but filter-relay; the failover part runs "
-                        f"{','.join(FAILOVER_SYSTEMS)} among them)")
+    p.add_argument("--systems", default=",".join(KNOWN_SYSTEMS),
+                   help=f"from {','.join(KNOWN_SYSTEMS)} (default all; the failover part runs "
+                        f"{','.join(FAILOVER_SYSTEMS)} among them, the filter as filter-relay's setup)")
     p.add_argument("--scenarios", default="503,429,half", help="from 503,429,half (default all)")
     p.add_argument("--kinds", default="json,stream", help="json,stream (cost part; default both)")
     p.add_argument("--connections", default="1,16,64", help="wrk connection counts (default 1,16,64)")
@@ -1067,7 +1068,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="seconds of unrecorded warm-up per system and kind (default 2; --quick 1)")
     p.add_argument("--rate", type=float, default=50.0, help="failover load, requests/s (default 50)")
     p.add_argument("--threads", type=int, default=20, help="failover load clients (default 20)")
-    p.add_argument("--pre", type=float, help="seconds of load before each outage (default 5; --quick 3)")
+    p.add_argument("--pre", type=float, help="seconds of load before each outage (default 4; --quick 3)")
     p.add_argument("--outage", type=float, help="seconds the vendor fails (default 30; --quick 8)")
     p.add_argument("--post-max", type=float, help="at most this long after the heal, waiting for traffic to "
                                                   "come back (default 20; --quick 8)")
@@ -1096,7 +1097,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.rounds = a.rounds or (1 if q else 3)
     a.duration = a.duration or (2 if q else 3)
     a.warmup = a.warmup if a.warmup is not None else (1 if q else 2)
-    a.pre = a.pre if a.pre is not None else (3.0 if q else 5.0)
+    a.pre = a.pre if a.pre is not None else (3.0 if q else 4.0)
     a.outage = a.outage if a.outage is not None else (8.0 if q else 30.0)
     a.post_max = a.post_max if a.post_max is not None else (8.0 if q else 20.0)
     return a
