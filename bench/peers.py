@@ -1093,6 +1093,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         a.connections = [int(c) for c in a.connections.split(",") if c.strip()]
     except ValueError:
         p.error("--connections takes integers, e.g. 1,16,64")
+    a.litellm = os.path.abspath(a.litellm)  # LiteLLM runs in a directory of its own
     q = a.quick
     a.rounds = a.rounds or (1 if q else 3)
     a.duration = a.duration or (2 if q else 3)
