@@ -144,6 +144,10 @@ def normalize_fault(fault: Mapping[str, Any] | None) -> dict[str, Any]:
     ``message``, ``error_type``  override the in-stream error of ``stream_error``.
     ``model``     break only requests for this model (the request body's
                   ``model``); requests for other models are served normally.
+    ``every``     break only one request in N (the N-th, 2N-th, ... since the
+                  fault was set); the others are served normally. ``every: 2``
+                  fails one request in two. With ``count``, only the broken
+                  requests count.
     """
 
     if fault is None:
@@ -159,6 +163,7 @@ def normalize_fault(fault: Mapping[str, Any] | None) -> dict[str, Any]:
     _integer(f, "status", 100, 599)
     _integer(f, "count", 1)
     _integer(f, "events", 0)
+    _integer(f, "every", 1)
     for key in ("delay", "latency", "interval"):
         _number(f, key)
     headers = f.get("headers")
@@ -436,6 +441,7 @@ class _Vendor:
         self.admin = threading.RLock()  # serialises opening/closing the listener
         self.fault: dict[str, Any] = {"mode": "ok"}
         self.remaining: int | None = None  # requests left for a counted fault
+        self.matched = 0  # requests the current fault applied to (for ``every``)
         self.generation = 0  # bumped by every explicit fault change
         # Set (and replaced) whenever the fault is changed from outside or the
         # server stops: wakes hanging and stalled requests.
@@ -520,6 +526,7 @@ class _Vendor:
                 self.release = threading.Event()
                 self.fault = fault
                 self.remaining = fault.get("count") if fault["mode"] != "refuse" else None
+                self.matched = 0
                 self.generation += 1
                 generation = self.generation
             old.set()
@@ -550,6 +557,11 @@ class _Vendor:
             asked = body.get("model") if isinstance(body, dict) else None
             if fault.get("model") is not None and fault["model"] != asked:
                 return {"mode": "ok"}, self.release
+            # A fault may break only one request in N.
+            if fault.get("every", 1) > 1:
+                self.matched += 1
+                if self.matched % fault["every"]:
+                    return {"mode": "ok"}, self.release
             if self.remaining is not None:
 
                 self.remaining -= 1
