@@ -8,5 +8,7 @@ bench-floors: setup build
 	$(VPY) bench/run.py --variants baseline,empty,filter --rounds 3 \
 		--extra-variant route=$(EMPTY_WASM):bench/floors/route.json \
 		--extra-variant hold=$(EMPTY_WASM):bench/floors/hold.json \
+		--extra-variant pairs=$(EMPTY_WASM):bench/floors/pairs.json \
+		--extra-variant mimic=$(EMPTY_WASM):bench/floors/mimic.json \
 		--extra-variant headers-only=$(WASM):bench/floors/filter-headers.json \
 		--output bench/results/floors.json $(BENCH_ARGS)

@@ -118,18 +118,18 @@ fn vendor_returns_529_for_ten_seconds_then_traffic_moves_and_comes_back() {
         .iter()
         .filter(|(t, _)| *t < 10_000)
         .all(|(_, v)| v == "anthropic"));
-    // Trip volume: 5 consecutive failures, then nothing more reaches it.
+    // Trip volume: 3 consecutive failures, then nothing more reaches it.
     let hit_during_outage = served
         .iter()
         .filter(|(t, v)| outage.contains(t) && v == "anthropic")
         .count();
-    assert_eq!(hit_during_outage, 5);
-    // Ejected at 10.2 s for the default 30 s: openai serves until 40.2 s.
+    assert_eq!(hit_during_outage, 3);
+    // Ejected at 10.1 s for the default 30 s: openai serves until 40.1 s.
     let (t_open, _, _, to) = &sim.transitions[0];
-    assert_eq!((*t_open, *to), (10_200, PhaseKind::Open));
+    assert_eq!((*t_open, *to), (10_100, PhaseKind::Open));
     assert!(served
         .iter()
-        .filter(|(t, _)| (10_250..40_200).contains(t))
+        .filter(|(t, _)| (10_150..40_100).contains(t))
         .all(|(_, v)| v == "openai"));
     // Then three probes close it, and the primary has everything again.
     let kinds: Vec<_> = sim
@@ -140,14 +140,14 @@ fn vendor_returns_529_for_ten_seconds_then_traffic_moves_and_comes_back() {
     assert_eq!(
         kinds,
         vec![
-            (10_200, "anthropic", PhaseKind::Closed, PhaseKind::Open),
-            (40_200, "anthropic", PhaseKind::Open, PhaseKind::HalfOpen),
-            (40_300, "anthropic", PhaseKind::HalfOpen, PhaseKind::Closed),
+            (10_100, "anthropic", PhaseKind::Closed, PhaseKind::Open),
+            (40_100, "anthropic", PhaseKind::Open, PhaseKind::HalfOpen),
+            (40_200, "anthropic", PhaseKind::HalfOpen, PhaseKind::Closed),
         ]
     );
     assert!(served
         .iter()
-        .filter(|(t, _)| *t > 40_300)
+        .filter(|(t, _)| *t > 40_200)
         .all(|(_, v)| v == "anthropic"));
     assert_eq!(sim.phase(0, 60_000), PhaseKind::Closed);
     assert_eq!(sim.phase(2, 60_000), PhaseKind::Closed, "xai was never needed");
@@ -177,8 +177,8 @@ fn a_long_outage_doubles_the_ejection() {
         .map(|l| l.split("ejected for ").nth(1).unwrap().split(' ').next().unwrap())
         .collect();
     assert_eq!(ejected_for, vec!["30000", "60000", "120000"]);
-    // 5 to trip, then one failed probe per ejection.
-    assert_eq!(to_primary_while_down, 7);
+    // 3 to trip, then one failed probe per ejection.
+    assert_eq!(to_primary_while_down, 5);
 }
 
 /// Primary and secondary both fail: traffic falls to the third vendor.

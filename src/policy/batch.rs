@@ -122,7 +122,8 @@ mod tests {
     fn merged_successes_do_not_break_a_run_of_failures() {
         let mut s = VendorState::new(SPEC);
         let rules = crate::policy::health::Rules::from_config(
-            &crate::policy::config::Config::parse(br#"{"vendors":[{"name":"a"}]}"#).unwrap(),
+            &crate::policy::config::Config::parse(br#"{"vendors":[{"name":"a"}],"trip":{"consecutive_failures":5}}"#)
+                .unwrap(),
         );
         let t = Ticket {
             generation: 0,

@@ -173,7 +173,20 @@ impl Flight {
     /// on one vendor (at most two attempts on a vendor per request), never
     /// past `max_attempts` or the deadline. Whether the vendor may take it
     /// then (not ejected, not rate-limited) is the choice's to say.
-    pub fn same_vendor_wait(&self, outcome: &Outcome, rescue: &Rescue, now_ms: u64, jitter: u64) -> Option<u64> {
+    ///
+    /// `in_a_row` is the failures the vendor's unit has had in a row, this
+    /// one included. A transient failure is retried only when it broke a run
+    /// of successes: a second failure in a row says the vendor is not having
+    /// a blip, and waiting for it only delays the request (and sends one
+    /// more to a vendor that is going down).
+    pub fn same_vendor_wait(
+        &self,
+        outcome: &Outcome,
+        rescue: &Rescue,
+        now_ms: u64,
+        jitter: u64,
+        in_a_row: u32,
+    ) -> Option<u64> {
         let current = self.current()?;
         let on_vendor = self.attempts.iter().filter(|a| a.vendor == current.vendor).count();
         if on_vendor >= 2 || (self.attempts.len() as u32) >= self.max_attempts.get() {
@@ -181,6 +194,9 @@ impl Flight {
         }
         let wait = match outcome {
             o if transient(o) => {
+                if in_a_row > 1 {
+                    return None;
+                }
                 let base = rescue.retry_backoff_ms?;
                 base.saturating_mul(500 + jitter % 1001) / 1000
             }
@@ -259,12 +275,27 @@ mod tests {
     }
 
     #[test]
+    fn a_second_failure_in_a_row_moves_at_once_but_a_short_429_is_still_waited_out() {
+        let r = Rescue::DEFAULT;
+        let mut f = flight(&[None, None]);
+        f.start(attempt(0));
+        let s503 = Outcome::Failure(Reason::Status(503));
+        assert!(f.same_vendor_wait(&s503, &r, 1_000, 0, 1).is_some(), "a blip");
+        assert_eq!(f.same_vendor_wait(&s503, &r, 1_000, 0, 2), None, "a run of failures");
+        assert_eq!(
+            f.same_vendor_wait(&Outcome::RateLimited(Some(800)), &r, 1_000, 0, 4),
+            Some(825),
+            "a 429 says when to come back"
+        );
+    }
+
+    #[test]
     fn a_transient_failure_is_retried_once_on_its_vendor_within_the_bounds() {
         let r = Rescue::DEFAULT;
         let mut f = flight(&[None, None]);
         f.start(attempt(0));
         let s503 = Outcome::Failure(Reason::Status(503));
-        let wait = |f: &Flight, o: &Outcome, now: u64, jitter: u64| f.same_vendor_wait(o, &r, now, jitter);
+        let wait = |f: &Flight, o: &Outcome, now: u64, jitter: u64| f.same_vendor_wait(o, &r, now, jitter, 1);
         assert_eq!(wait(&f, &s503, 1_000, 0), Some(50), "jittered down to half");
         assert_eq!(wait(&f, &s503, 1_000, 1_000), Some(150), "and up to half again");
         assert_eq!(wait(&f, &Outcome::Failure(Reason::Reset), 1_000, 500), Some(100));
@@ -294,9 +325,9 @@ mod tests {
         };
         let mut f = flight(&[None, None]);
         f.start(attempt(0));
-        assert_eq!(f.same_vendor_wait(&s503, &off, 1_000, 0), None);
+        assert_eq!(f.same_vendor_wait(&s503, &off, 1_000, 0, 1), None);
         assert_eq!(
-            f.same_vendor_wait(&Outcome::RateLimited(Some(10)), &off, 1_000, 0),
+            f.same_vendor_wait(&Outcome::RateLimited(Some(10)), &off, 1_000, 0, 1),
             None
         );
         f.start(attempt(0));

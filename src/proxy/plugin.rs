@@ -181,6 +181,15 @@ impl<H: Host> Plugin<H> {
         }
     }
 
+    /// The failures `unit` has had in a row, as this worker last saw it.
+    pub fn failures_in_a_row(&self, unit: UnitId) -> u32 {
+        self.worker
+            .borrow()
+            .view
+            .get(unit)
+            .map_or(0, |c| c.state.consecutive_failures)
+    }
+
     /// Remembers a requested model's name by its hash, for log lines about
     /// the model slot it takes (the newest few only).
     pub fn note_model(&self, model: &str) {

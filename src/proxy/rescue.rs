@@ -33,7 +33,11 @@ pub fn same_vendor_wait<H: Host>(p: &Plugin<H>, j: &JourneyRef, outcome: &Outcom
     // Jitter from the clock and the request: spreads the retries of many
     // requests that failed at once.
     let jitter = (now_ms ^ u64::from(jb.ctx).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33;
-    jb.flight.same_vendor_wait(outcome, &p.config.rescue, now_ms, jitter)
+    // As this worker last saw the unit (the failure is recorded already
+    // when it counts at once; a deferred one is not, hence at least 1).
+    let in_a_row = jb.flight.current().map_or(1, |a| p.failures_in_a_row(a.unit).max(1));
+    jb.flight
+        .same_vendor_wait(outcome, &p.config.rescue, now_ms, jitter, in_a_row)
 }
 
 /// Holds the journey until `at`; the tick then retries it (`retry_due`).

@@ -82,7 +82,7 @@ fn minimal_config_takes_every_default() {
     );
     assert_eq!(c.trip.min_requests, n32(10));
     assert_eq!(c.trip.failure_ratio, 0.5);
-    assert_eq!(c.trip.consecutive_failures, 5);
+    assert_eq!(c.trip.consecutive_failures, 3);
     assert_eq!(
         c.ejection,
         Backoff {

@@ -136,7 +136,7 @@ impl TripRule {
     pub const DEFAULT: TripRule = TripRule {
         min_requests: count(10),
         failure_ratio: 0.5,
-        consecutive_failures: 5,
+        consecutive_failures: 3,
         slow_ratio: None,
     };
 }

@@ -31,6 +31,8 @@ pub struct Process {
     configuration: RefCell<Vec<u8>>,
     next_token: Cell<u32>,
     workers: Cell<u32>,
+    /// Host calls made, by name (every worker; `take_calls` empties it).
+    calls: RefCell<BTreeMap<&'static str, u64>>,
 }
 
 /// A shared queue: the worker VM that registered it, and its messages.
@@ -105,6 +107,15 @@ pub struct FakeHost {
 impl Process {
     pub fn new() -> Rc<Process> {
         Rc::new(Process::default())
+    }
+
+    fn count(&self, call: &'static str) {
+        *self.calls.borrow_mut().entry(call).or_default() += 1;
+    }
+
+    /// The host calls made since the last call of this, by name.
+    pub fn take_calls(&self) -> BTreeMap<&'static str, u64> {
+        std::mem::take(&mut *self.calls.borrow_mut())
     }
 }
 
@@ -220,10 +231,12 @@ impl FakeHost {
 
 impl Store for FakeHost {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.process.count("get");
         self.process.store.get(key)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.process.count("set");
         self.process.store.set(key, value, cas)
     }
 }
@@ -238,6 +251,7 @@ fn pairs_of(s: &mut FakeStream, map: Map) -> Option<&mut Pairs> {
 
 impl Host for FakeHost {
     fn now_ms(&self) -> u64 {
+        self.process.count("now_ms");
         self.process.clock.get()
     }
 
@@ -251,15 +265,18 @@ impl Host for FakeHost {
     }
 
     fn env(&self, name: &str) -> Option<String> {
+        self.process.count("env");
         self.process.env.borrow().get(name).cloned()
     }
 
     fn set_tick_period_ms(&self, ms: u64) -> HostResult<()> {
+        self.process.count("set_tick_period_ms");
         self.vm.tick_ms.set(ms);
         Ok(())
     }
 
     fn buffer(&self, which: Buffer, size: usize) -> HostResult<Option<Vec<u8>>> {
+        self.process.count("buffer");
         let cut = |b: &[u8]| Some(b.get(..size.min(b.len())).unwrap_or_default().to_vec());
         match which {
             Buffer::PluginConfiguration => Ok(cut(&self.process.configuration.borrow())),
@@ -270,6 +287,7 @@ impl Host for FakeHost {
     }
 
     fn set_buffer(&self, which: Buffer, start: usize, size: usize, data: &[u8]) -> HostResult<()> {
+        self.process.count("set_buffer");
         let splice = |b: &mut Vec<u8>| {
             let start = start.min(b.len());
             let end = start.saturating_add(size).min(b.len());
@@ -283,11 +301,13 @@ impl Host for FakeHost {
     }
 
     fn header(&self, map: Map, name: &str) -> HostResult<Option<Vec<u8>>> {
+        self.process.count("header");
         let pairs = self.headers(map)?;
         Ok(pairs.into_iter().find(|(n, _)| n == name).map(|(_, v)| v))
     }
 
     fn headers(&self, map: Map) -> HostResult<Pairs> {
+        self.process.count("headers");
         if map == Map::CalloutHeaders {
             return Ok(self.vm.callout_answer.borrow().0.clone());
         }
@@ -295,6 +315,7 @@ impl Host for FakeHost {
     }
 
     fn set_header(&self, map: Map, name: &str, value: &[u8]) -> HostResult<()> {
+        self.process.count("set_header");
         self.on_stream(|s| {
             if let Some(pairs) = pairs_of(s, map) {
                 let at = pairs.iter().position(|(n, _)| n == name);
@@ -309,6 +330,7 @@ impl Host for FakeHost {
     }
 
     fn remove_header(&self, map: Map, name: &str) -> HostResult<()> {
+        self.process.count("remove_header");
         self.on_stream(|s| {
             if let Some(pairs) = pairs_of(s, map) {
                 pairs.retain(|(n, _)| n != name);
@@ -317,10 +339,12 @@ impl Host for FakeHost {
     }
 
     fn property(&self, path: &[u8]) -> HostResult<Option<Vec<u8>>> {
+        self.process.count("property");
         self.on_stream(|s| s.properties.get(path).cloned())
     }
 
     fn set_effective_context(&self, context_id: u32) -> HostResult<()> {
+        self.process.count("set_effective_context");
         if !self.vm.streams.borrow().contains_key(&context_id) {
             return Err(HostError(NOT_FOUND));
         }
@@ -329,14 +353,17 @@ impl Host for FakeHost {
     }
 
     fn resume_response(&self) -> HostResult<()> {
+        self.process.count("resume_response");
         self.on_stream(|s| s.resumed_response += 1)
     }
 
     fn resume_request(&self) -> HostResult<()> {
+        self.process.count("resume_request");
         self.on_stream(|s| s.resumed += 1)
     }
 
     fn send_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8], details: &str) -> HostResult<()> {
+        self.process.count("send_response");
         self.on_stream(|s| {
             s.reply = Some(Reply {
                 status,
@@ -354,6 +381,7 @@ impl Host for FakeHost {
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> HostResult<u32> {
+        self.process.count("dispatch");
         if !self.process.clusters.borrow().iter().any(|c| c == cluster) {
             return Err(HostError(BAD_ARGUMENT));
         }
@@ -371,6 +399,7 @@ impl Host for FakeHost {
     }
 
     fn register_queue(&self, _name: &str) -> HostResult<u32> {
+        self.process.count("register_queue");
         let mut queues = self.process.queues.borrow_mut();
         queues.push(Queue {
             owner: self.vm.id,
@@ -380,6 +409,7 @@ impl Host for FakeHost {
     }
 
     fn enqueue(&self, token: u32, value: &[u8]) -> HostResult<()> {
+        self.process.count("enqueue");
         let mut queues = self.process.queues.borrow_mut();
         let index = usize::try_from(token).unwrap_or(0).wrapping_sub(1);
         let queue = queues.get_mut(index).ok_or(HostError(NOT_FOUND))?;
@@ -388,6 +418,7 @@ impl Host for FakeHost {
     }
 
     fn dequeue(&self, token: u32) -> HostResult<Option<Vec<u8>>> {
+        self.process.count("dequeue");
         let mut queues = self.process.queues.borrow_mut();
         let index = usize::try_from(token).unwrap_or(0).wrapping_sub(1);
         let queue = queues.get_mut(index).ok_or(HostError(NOT_FOUND))?;
@@ -395,6 +426,7 @@ impl Host for FakeHost {
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> HostResult<u32> {
+        self.process.count("define_metric");
         let mut metrics = self.process.metrics.borrow_mut();
         let at = match metrics.iter().position(|(n, _, _)| n == name) {
             Some(i) => i,
@@ -407,6 +439,7 @@ impl Host for FakeHost {
     }
 
     fn increment_metric(&self, id: u32, by: i64) {
+        self.process.count("increment_metric");
         let index = usize::try_from(id).unwrap_or(0).wrapping_sub(1);
         if let Some(m) = self.process.metrics.borrow_mut().get_mut(index) {
             m.2 = m.2.saturating_add(by);
@@ -414,6 +447,7 @@ impl Host for FakeHost {
     }
 
     fn record_metric(&self, id: u32, value: u64) {
+        self.process.count("record_metric");
         let index = usize::try_from(id).unwrap_or(0).wrapping_sub(1);
         if let Some(m) = self.process.metrics.borrow_mut().get_mut(index) {
             m.2 = i64::try_from(value).unwrap_or(i64::MAX);
@@ -421,6 +455,7 @@ impl Host for FakeHost {
     }
 
     fn metric_value(&self, id: u32) -> Option<u64> {
+        self.process.count("metric_value");
         let index = usize::try_from(id).unwrap_or(0).wrapping_sub(1);
         let metrics = self.process.metrics.borrow();
         metrics.get(index).map(|m| u64::try_from(m.2).unwrap_or(0))

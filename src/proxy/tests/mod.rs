@@ -2,6 +2,7 @@
 
 mod admin;
 mod answers;
+mod calls;
 mod hostile;
 mod models;
 mod requests;

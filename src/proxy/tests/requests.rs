@@ -97,7 +97,7 @@ fn request_body_larger_than_the_filter_holds_passes_as_routed_at_its_headers() {
 fn every_vendor_ejected_with_reject_answers_503_with_retry_after() {
     let json = r#"{"vendors":[{"name":"anthropic"}],"all_down":"reject","rescue":{"max_attempts":1}}"#;
     let mut e = envoy(json, 1);
-    eject(&mut e, "anthropic", 5);
+    eject(&mut e, "anthropic", 3);
     let got = e.send(0, &Request::openai("m", false), &mut vendors(&[]));
     assert_eq!(got.status, 503);
     assert!(got.asked.is_empty());

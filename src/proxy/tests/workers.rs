@@ -181,7 +181,7 @@ fn queue_ready_makes_a_worker_drop_its_copy() {
     let got = e.workers.len();
     assert_eq!(got, 2);
     e.send(1, &Request::openai("m", false), &mut vendors(&[]));
-    eject(&mut e, "anthropic", 5);
+    eject(&mut e, "anthropic", 3);
     let queued = e.workers[1].host.ready_queues();
     assert!(!queued.is_empty(), "worker 0 told worker 1");
     for token in queued {
