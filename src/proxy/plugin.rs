@@ -181,13 +181,18 @@ impl<H: Host> Plugin<H> {
         }
     }
 
-    /// The failures `unit` has had in a row, as this worker last saw it.
+    /// The failures `unit` has had in a row, as this worker last saw it;
+    /// `u32::MAX` when it is not closed (ejected, probing, rate-limited):
+    /// no blip then either.
     pub fn failures_in_a_row(&self, unit: UnitId) -> u32 {
-        self.worker
-            .borrow()
-            .view
-            .get(unit)
-            .map_or(0, |c| c.state.consecutive_failures)
+        let now_ms = self.last_now();
+        self.worker.borrow().view.get(unit).map_or(0, |c| {
+            if c.state.effective_kind(now_ms) == PhaseKind::Closed {
+                c.state.consecutive_failures
+            } else {
+                u32::MAX
+            }
+        })
     }
 
     /// Remembers a requested model's name by its hash, for log lines about

@@ -153,19 +153,42 @@ pub fn route_next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64
 
 /// A redirected request held for a same-vendor retry, now due: sent to the
 /// same vendor again by the router (its body is that vendor's already). If
-/// the vendor may not take it now, or the body is not all here, it is
-/// rescued by a callout instead (the body can only be replaced in a body
-/// callback).
+/// the vendor may not take it now, the next candidate takes it, by the
+/// router when its body is the same, else by a callout (the body can only
+/// be replaced in a body callback); by a callout too when the body is not
+/// all here.
 pub fn retry<H: Host>(p: &Plugin<H>, j: &JourneyRef, body_in: bool, now_ms: u64) {
-    let chosen = if body_in {
-        rescue::choose_same(p, j, now_ms)
-    } else {
-        None
-    };
-    let Some((attempt, candidate)) = chosen else {
+    if !body_in {
         j.borrow_mut().stage = Stage::Rescuing;
         rescue::next(p, j, Move::Failure, now_ms);
         return;
+    }
+    let (attempt, candidate) = match rescue::choose_same(p, j, now_ms) {
+        Some(chosen) => chosen,
+        None => {
+            // The vendor may not take it now (ejected meanwhile): the next
+            // candidate, by the router as well when it takes the body the
+            // held request carries, else by a callout.
+            let held_body = {
+                let jb = j.borrow();
+                jb.flight
+                    .current_candidate()
+                    .map(|c| crate::policy::outbound::body_for(&jb, c))
+            };
+            j.borrow_mut().stage = Stage::Rescuing;
+            let Some((attempt, candidate)) = rescue::choose(p, j, Move::Failure, now_ms) else {
+                rescue::next(p, j, Move::Failure, now_ms);
+                return;
+            };
+            let same_body = held_body.is_some_and(|b| b == crate::policy::outbound::body_for(&j.borrow(), &candidate));
+            if !same_body {
+                if !rescue::dispatch(p, j, attempt, &candidate, now_ms) {
+                    rescue::next(p, j, Move::Failure, now_ms);
+                }
+                return;
+            }
+            (attempt, candidate)
+        }
     };
     let current = p.host.headers(Map::RequestHeaders).unwrap_or_default();
     let format = j.borrow().format;

@@ -129,3 +129,43 @@ def test_retries_turned_off_move_at_once(vendors, gateway):
     text, headers = openai_stream(envoy)
     assert (text, headers[VENDOR_HEADER]) == ("Hello from openai", "openai")
     assert stat(envoy, "same_vendor_retries") == 0
+
+
+def test_a_second_failure_in_a_row_moves_at_once(vendors, gateway):
+    envoy = gateway()
+    vendors.set_fault("anthropic", mode="status", status=503)
+    _, first = openai_stream(envoy)
+    assert first["x-llm-failover-tried"] == "anthropic,anthropic,openai", "a blip is retried"
+    text, second = openai_stream(envoy)
+    assert (text, second[VENDOR_HEADER]) == ("Hello from openai", "openai")
+    assert second["x-llm-failover-tried"] == "anthropic,openai", "a run of failures is not"
+    assert vendors.stats("anthropic")["requests"] == 3
+    assert stat(envoy, "same_vendor_retries") == 1
+
+
+def test_a_retry_whose_vendor_was_ejected_meanwhile_goes_to_the_next(vendors, gateway, request):
+    """A waits for its retry; B's failure meanwhile ejects the vendor. A then
+    goes to the next vendor without another attempt on the ejected one, by
+    the router (streamed live) when the relay is on."""
+    import threading
+
+    envoy = gateway(trip={"min_requests": 10, "failure_ratio": 0.5, "consecutive_failures": 2},
+                    retry_backoff="400ms")
+    vendors.set_fault("anthropic", mode="status", status=503)
+    got = {}
+
+    def first():
+        got["a"] = openai_stream(envoy)
+
+    a = threading.Thread(target=first)
+    a.start()
+    time.sleep(0.1)  # A failed and waits 200-600 ms for its retry
+    _, b = openai_stream(envoy)
+    a.join(timeout=20)
+    text, headers = got["a"]
+    assert b["x-llm-failover-tried"] == "anthropic,openai"
+    assert (text, headers[VENDOR_HEADER]) == ("Hello from openai", "openai")
+    assert headers["x-llm-failover-tried"] == "anthropic,openai"
+    assert vendors.stats("anthropic")["requests"] == 2
+    if "relay" in request.node.name:
+        assert stat(envoy, "rescue_attempts") == 0, "no callout: the router took it"

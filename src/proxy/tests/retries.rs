@@ -110,6 +110,31 @@ fn a_vendor_its_failure_ejected_is_not_retried() {
     );
     assert_eq!(clusters(&got), ["anthropic", "openai"]);
     assert_eq!(got.status, 200);
+    assert_eq!(e.main.now(), 1_000, "no wait for a vendor that is out");
+    assert_eq!(e.main.metric("llm_failover.same_vendor_retries"), 0);
+}
+
+#[test]
+fn a_second_failure_in_a_row_moves_at_once() {
+    let mut e = retrying("");
+    // The first request's failure broke a run of successes: a blip, retried.
+    let got = e.send(
+        0,
+        &Request::openai("m", false),
+        &mut in_turn(vec![("anthropic", vec![Answer::status(503)])]),
+    );
+    assert_eq!(clusters(&got), ["anthropic", "anthropic", "openai"]);
+    assert_eq!(e.main.metric("llm_failover.same_vendor_retries"), 1);
+    // The next one fails there too: the vendor is going down, no retry.
+    let before = e.main.now();
+    let got = e.send(
+        0,
+        &Request::openai("m", false),
+        &mut in_turn(vec![("anthropic", vec![Answer::status(503)])]),
+    );
+    assert_eq!(clusters(&got), ["anthropic", "openai"]);
+    assert_eq!(e.main.now(), before, "no wait");
+    assert_eq!(e.main.metric("llm_failover.same_vendor_retries"), 1);
 }
 
 #[test]
