@@ -673,19 +673,16 @@ class Load:
         return res, conn
 
 
-class Records:
+class Records(loadkit.RecordPoller):
     """The mock vendors' request records (each keeps its last 1000), collected
     every 2 s: (time, vendor, request id) for every request of the load."""
 
     def __init__(self, mock: loadkit.MockVendors, interval: float = 2.0):
-        self.mock, self.interval = mock, interval
+        super().__init__(mock, VENDORS, interval)
         self.seen: set[tuple[float, str, str]] = set()
-        self.stop_event = threading.Event()
-        self.error: str | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True, name="records")
 
     def poll(self) -> None:
-        for v in VENDORS:
+        for v in self.vendors:
             for r in self.mock.records(v):
                 body = r.get("body")
                 try:
@@ -694,22 +691,6 @@ class Records:
                     continue
                 if isinstance(content, str) and content.startswith("peers-bench "):
                     self.seen.add((float(r["time"]), v, content.split()[-1]))
-
-    def _run(self) -> None:
-        while not self.stop_event.wait(self.interval):
-            try:
-                self.poll()
-            except Exception as e:  # noqa: BLE001 - reported with the results
-                self.error = repr(e)
-
-    def start(self) -> "Records":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(15)
-        self.poll()
 
 
 def pctl(values: list[float], q: float) -> float | None:

@@ -11,7 +11,8 @@ use crate::policy::answer::{self, AtHeaders, Head};
 use crate::policy::classify::Outcome;
 use crate::policy::config::StatusSet;
 use crate::policy::journey::{JourneyRef, Stage};
-use crate::policy::plan::Attempt;
+use crate::policy::outbound::body_for;
+use crate::policy::plan::{Attempt, Candidate};
 use crate::policy::ratelimit;
 use crate::policy::relay::{self, Entry, HandBack, Offer, Relays, Seen, RELAY_HEADER};
 use crate::policy::rescue::{Move, Pending};
@@ -133,22 +134,28 @@ pub fn route_next<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64
         rescue::give_up(p, j, now_ms);
         return None;
     };
+    aim(p, j, attempt, &candidate, Stage::Resending, now_ms);
+    log::debug!("relaying a request to vendor {}", p.vendor_name(attempt.vendor));
+    Some(attempt)
+}
+
+/// Points the redirected request's headers at `candidate` and offers the
+/// relay again; the journey goes on in `stage`.
+fn aim<H: Host>(p: &Plugin<H>, j: &JourneyRef, attempt: Attempt, candidate: &Candidate, stage: Stage, now_ms: u64) {
     // The redirected request carries the last vendor's credentials and
     // routing: the edits take them out as they would a client's.
     let current = p.host.headers(Map::RequestHeaders).unwrap_or_default();
     let format = j.borrow().format;
-    p.send_to(attempt.vendor, Some(&candidate), format, &current);
+    p.send_to(attempt.vendor, Some(candidate), format, &current);
     if find(&current, ORIGINAL_URL).is_some() {
         let _ = p.host.remove_header(Map::RequestHeaders, ORIGINAL_URL);
     }
     offer(p, j, now_ms);
     let mut jb = j.borrow_mut();
-    jb.stage = Stage::Resending;
+    jb.stage = stage;
     if jb.flight.stream {
         jb.first_token_deadline = p.config.rescue.first_token_ms.map(|ms| now_ms.saturating_add(ms));
     }
-    log::debug!("relaying a request to vendor {}", p.vendor_name(attempt.vendor));
-    Some(attempt)
 }
 
 /// A redirected request held for a same-vendor retry, now due: sent to the
@@ -163,51 +170,36 @@ pub fn retry<H: Host>(p: &Plugin<H>, j: &JourneyRef, body_in: bool, now_ms: u64)
         rescue::next(p, j, Move::Failure, now_ms);
         return;
     }
-    let (attempt, candidate) = match rescue::choose_same(p, j, now_ms) {
-        Some(chosen) => chosen,
-        None => {
-            // The vendor may not take it now (ejected meanwhile): the next
-            // candidate, by the router as well when it takes the body the
-            // held request carries, else by a callout.
-            let held_body = {
-                let jb = j.borrow();
-                jb.flight
-                    .current_candidate()
-                    .map(|c| crate::policy::outbound::body_for(&jb, c))
-            };
-            j.borrow_mut().stage = Stage::Rescuing;
-            let Some((attempt, candidate)) = rescue::choose(p, j, Move::Failure, now_ms) else {
-                rescue::next(p, j, Move::Failure, now_ms);
-                return;
-            };
-            let same_body = held_body.is_some_and(|b| b == crate::policy::outbound::body_for(&j.borrow(), &candidate));
-            if !same_body {
-                if !rescue::dispatch(p, j, attempt, &candidate, now_ms) {
-                    rescue::next(p, j, Move::Failure, now_ms);
-                }
-                return;
-            }
-            (attempt, candidate)
-        }
+    let Some((attempt, candidate)) = rescue::choose_same(p, j, now_ms).or_else(|| next_by_router(p, j, now_ms)) else {
+        return; // sent by a callout, or answered
     };
-    let current = p.host.headers(Map::RequestHeaders).unwrap_or_default();
-    let format = j.borrow().format;
-    p.send_to(attempt.vendor, Some(&candidate), format, &current);
-    if find(&current, ORIGINAL_URL).is_some() {
-        let _ = p.host.remove_header(Map::RequestHeaders, ORIGINAL_URL);
-    }
-    offer(p, j, now_ms);
-    {
-        let mut jb = j.borrow_mut();
-        jb.stage = Stage::Routed;
-        if jb.flight.stream {
-            jb.first_token_deadline = p.config.rescue.first_token_ms.map(|ms| now_ms.saturating_add(ms));
-        }
-    }
+    aim(p, j, attempt, &candidate, Stage::Routed, now_ms);
     log::debug!("retrying a request on vendor {}", p.vendor_name(attempt.vendor));
     if let Err(e) = p.host.resume_request() {
         log::warn!("cannot resume a request held for a retry (host status {})", e.0);
     }
+}
+
+/// The vendor may not take the held request now (ejected meanwhile): the
+/// next candidate, returned if it takes the body the held request carries
+/// (so the router can send it), else sent by a callout.
+fn next_by_router<H: Host>(p: &Plugin<H>, j: &JourneyRef, now_ms: u64) -> Option<(Attempt, Candidate)> {
+    let held_body = {
+        let jb = j.borrow();
+        jb.flight.current_candidate().map(|c| body_for(&jb, c))
+    };
+    j.borrow_mut().stage = Stage::Rescuing;
+    let Some((attempt, candidate)) = rescue::choose(p, j, Move::Failure, now_ms) else {
+        rescue::next(p, j, Move::Failure, now_ms);
+        return None;
+    };
+    if held_body.is_some_and(|b| b == body_for(&j.borrow(), &candidate)) {
+        return Some((attempt, candidate));
+    }
+    if !rescue::dispatch(p, j, attempt, &candidate, now_ms) {
+        rescue::next(p, j, Move::Failure, now_ms);
+    }
+    None
 }
 
 /// Replaces the redirected request's body (as the last vendor took it)
@@ -216,7 +208,7 @@ pub fn replace_body<H: Host>(p: &Plugin<H>, j: &JourneyRef, body_size: usize) {
     let body = {
         let jb = j.borrow();
         match jb.flight.current_candidate() {
-            Some(c) => crate::policy::outbound::body_for(&jb, c),
+            Some(c) => body_for(&jb, c),
             None => return,
         }
     };

@@ -5,7 +5,7 @@ use crate::policy::choice::{Ask, Choice, Due};
 use crate::policy::classify::{Outcome, Reason};
 use crate::policy::config::AllDown;
 use crate::policy::health::Availability;
-use crate::policy::journey::{self, BodyAccess, JourneyRef, Stage};
+use crate::policy::journey::{self, BodyAccess, Journey, JourneyRef, Stage};
 use crate::policy::outbound;
 use crate::policy::plan::{Attempt, Candidate};
 use crate::policy::reply;
@@ -167,14 +167,24 @@ pub fn choose<H: Host>(p: &Plugin<H>, j: &JourneyRef, why: Move, now_ms: u64) ->
         return None;
     }
     let candidates = jb.flight.next_candidates(why);
+    start_among(p, &mut jb, &candidates, now_ms)
+}
+
+/// The best of `candidates` for the journey (units it tried are skipped,
+/// ejected ones refused, a probe slot claimed), its attempt started.
+pub fn start_among<H: Host>(
+    p: &Plugin<H>,
+    jb: &mut Journey,
+    candidates: &[Candidate],
+    now_ms: u64,
+) -> Option<(Attempt, Candidate)> {
     let tried = jb.flight.tried_units();
-    let requested = jb.request.as_ref().and_then(|r| r.model.clone());
     let ask = Ask {
-        candidates: &candidates,
+        candidates,
         all_down: AllDown::Reject,
         tried: &tried,
         claim_probes: true,
-        requested: requested.as_deref(),
+        requested: jb.request.as_ref().and_then(|r| r.model.as_deref()),
     };
     let Choice::Route { attempt, .. } = p.pick(&ask, &mut || now_ms) else {
         return None;
@@ -196,28 +206,9 @@ pub fn on_callout<H: Host>(p: &Plugin<H>, token: u32, num_headers: usize, body_s
     }
     let _ = p.host.set_effective_context(ctx);
     let now_ms = p.now();
-    let headers = if num_headers > 0 {
-        p.host.headers(Map::CalloutHeaders).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    // The whole answer would sit in the VM, whose memory never shrinks.
-    let too_large = body_size as u64 > p.config.rescue.max_answer_bytes;
-    let body = if too_large {
-        Vec::new()
-    } else {
-        p.host
-            .buffer(Buffer::CalloutBody, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    };
-    let status: Option<u16> = find(&headers, ":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-    let seen = CalloutAnswer {
-        status,
-        headers: &headers,
-        body: (!too_large).then_some(body.as_slice()),
-    };
+    let read = CalloutRead::of(p, num_headers, body_size);
+    let (status, too_large) = (read.status, read.too_large);
+    let seen = read.seen();
     let (judged, attempt) = {
         let jb = j.borrow();
         let judged = answer::judge_callout(&seen, jb.format, jb.flight.deadline_ms, now_ms, &p.config);
@@ -249,7 +240,53 @@ pub fn on_callout<H: Host>(p: &Plugin<H>, token: u32, num_headers: usize, body_s
         }
         AfterCallout::Deliver(s) => {
             settle(p, &j, true, now_ms);
-            deliver(p, &j, s, &headers, &body);
+            deliver(p, &j, s, &read.headers, &read.body);
+        }
+    }
+}
+
+/// A callout's answer as read from the host: its headers, its status and
+/// its body, unless that is past `rescue.max_answer_bytes` (the whole
+/// answer would sit in the VM, whose memory never shrinks).
+pub struct CalloutRead {
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub status: Option<u16>,
+    pub body: Vec<u8>,
+    pub too_large: bool,
+}
+
+impl CalloutRead {
+    pub fn of<H: Host>(p: &Plugin<H>, num_headers: usize, body_size: usize) -> Self {
+        let headers = if num_headers > 0 {
+            p.host.headers(Map::CalloutHeaders).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let too_large = body_size as u64 > p.config.rescue.max_answer_bytes;
+        let body = if too_large {
+            Vec::new()
+        } else {
+            p.host
+                .buffer(Buffer::CalloutBody, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        let status = find(&headers, ":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        CalloutRead {
+            headers,
+            status,
+            body,
+            too_large,
+        }
+    }
+
+    /// What the policy judges.
+    pub fn seen(&self) -> CalloutAnswer<'_> {
+        CalloutAnswer {
+            status: self.status,
+            headers: &self.headers,
+            body: (!self.too_large).then_some(self.body.as_slice()),
         }
     }
 }

@@ -4,16 +4,16 @@
 //! returns `Pause`); the continuation's events, or the original failure if
 //! none can be had, are appended to it and the stream resumed.
 
-use crate::policy::answer::{self, CalloutAnswer};
-use crate::policy::choice::{Ask, Choice};
-use crate::policy::config::{AllDown, Format};
+use crate::policy::answer;
+use crate::policy::config::Format;
 use crate::policy::journey::JourneyRef;
 use crate::policy::outbound;
 use crate::policy::plan::Attempt;
 use crate::policy::rescue::Move;
 use crate::policy::resume::{self, Follow, Style};
-use crate::proxy::host::{find, Buffer, Host, Map};
+use crate::proxy::host::{Buffer, Host};
 use crate::proxy::plugin::Plugin;
+use crate::proxy::rescue::{self, CalloutRead};
 
 /// A continuation in flight for one stream.
 pub struct Continuing {
@@ -72,19 +72,7 @@ pub fn start<H: Host>(
         .into_iter()
         .filter(|c| style_of(c.vendor).is_some())
         .collect();
-    let tried = jb.flight.tried_units();
-    let requested = jb.request.as_ref().and_then(|r| r.model.clone());
-    let ask = Ask {
-        candidates: &candidates,
-        all_down: AllDown::Reject,
-        tried: &tried,
-        claim_probes: true,
-        requested: requested.as_deref(),
-    };
-    let Choice::Route { attempt, .. } = p.pick(&ask, &mut || now_ms) else {
-        return None;
-    };
-    let candidate = jb.flight.start(attempt).cloned()?;
+    let (attempt, candidate) = rescue::start_among(p, &mut jb, &candidates, now_ms)?;
     let style: Style = style_of(attempt.vendor)?;
     let vendor = p.config.vendors.get(attempt.vendor)?;
     let body = resume::request(&outbound::body_for(&jb, &candidate), format, style, follow.text())?;
@@ -119,33 +107,15 @@ pub fn answered<H: Host>(
 ) {
     let _ = p.host.set_effective_context(ctx);
     let now_ms = p.now();
-    let headers = if num_headers > 0 {
-        p.host.headers(Map::CalloutHeaders).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let too_large = body_size as u64 > p.config.rescue.max_answer_bytes;
-    let body = if too_large {
-        Vec::new()
-    } else {
-        p.host
-            .buffer(Buffer::CalloutBody, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    };
-    let status: Option<u16> = find(&headers, ":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-    let seen = CalloutAnswer {
-        status,
-        headers: &headers,
-        body: (!too_large).then_some(body.as_slice()),
-    };
+    let read = CalloutRead::of(p, num_headers, body_size);
+    let (status, body) = (read.status, &read.body);
+    let seen = read.seen();
     let deadline = now_ms.saturating_add(1);
     let judged = answer::judge_callout(&seen, Some(c.format), deadline, now_ms, &p.config);
     p.record(&c.attempt, judged.outcome, judged.stream_error.as_deref(), now_ms);
     let events = status
         .filter(|s| (200..300).contains(s))
-        .and_then(|_| resume::read_answer(c.format, &body))
+        .and_then(|_| resume::read_answer(c.format, body))
         .zip(follow)
         .map(|(answer, f)| resume::events(c.format, f.meta(), &answer));
     let bytes = match events {
