@@ -40,15 +40,20 @@ pub enum Role {
     Upstream,
 }
 
+/// A filter JSON as a document, or the refusal naming the root.
+fn json_of(bytes: &[u8]) -> Result<Value, ConfigError> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(v),
+        Err(e) => err("(root)", format!("is not valid JSON: {e}")),
+    }
+}
+
 impl Role {
     /// The role a filter JSON asks for (`role`, default `downstream`). An
     /// upstream filter takes no other field: its settings are the
     /// downstream filter's.
     pub fn of(bytes: &[u8]) -> Result<Role, ConfigError> {
-        let value: Value = match serde_json::from_slice(bytes) {
-            Ok(v) => v,
-            Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
-        };
+        let value = json_of(bytes)?;
         let root = Fields::new("", &value)?;
         let role = parse_role(&root)?;
         if role == Role::Upstream {
@@ -67,10 +72,7 @@ impl Role {
     /// An upstream filter's `failure_statuses` (give it the downstream
     /// filter's, if that one changes them).
     pub fn upstream_statuses(bytes: &[u8]) -> Result<StatusSet, ConfigError> {
-        let value: Value = match serde_json::from_slice(bytes) {
-            Ok(v) => v,
-            Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
-        };
+        let value = json_of(bytes)?;
         let root = Fields::new("", &value)?;
         let _ = parse_role(&root)?;
         let statuses = parse_statuses(&root)?;
@@ -201,10 +203,7 @@ impl Config {
     /// Parses with `env` standing in for the process environment (where
     /// vendors' API keys are read from).
     pub fn parse_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let value: Value = match serde_json::from_slice(bytes) {
-            Ok(v) => v,
-            Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
-        };
+        let value = json_of(bytes)?;
         let root = Fields::new("", &value)?;
         if parse_role(&root)? == Role::Upstream {
             return err(
